@@ -1,0 +1,1 @@
+"""Placeholder until the stand-in ops land; see patches/README.md."""
