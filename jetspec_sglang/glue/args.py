@@ -1,0 +1,150 @@
+"""Server-argument validation and defaults for JETSPEC (a plugin cannot add flags; JETSPEC_* variables fill in).
+
+Flag mapping: --speculative-num-draft-tokens = tree budget N (root included); --speculative-num-steps = depth L
+(draft block L + 1); --speculative-draft-model-path = the head. Width, tree algorithm, ops backend and the
+budget ladder come from JETSPEC_* variables (jetspec_sglang.config). Both functions receive SGLang's recording
+stand-in (overrides.py:139): reads see the resolving view, writes become declared resolutions.
+Every rejection names the flag or variable, the value and the fix, and happens before any process starts.
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+from jetspec_sglang.config import MAX_BUDGET, ConfigError, config_from_env
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_BUDGET = 64  # nodes incl. root when neither the flag nor JETSPEC_BUDGET is given
+GPU_TARGET_BACKENDS = ("flashinfer", "triton")  # backends whose TARGET_VERIFY honours a FULL custom mask
+CPU_BACKENDS = ("torch_native", "intel_amx")  # intel_amx resolves to torch_native without the AMX CPU kernels
+DEFAULT_MAX_RUNNING = {"cpu": 16, "gpu": 32}
+
+
+class JetSpecArgError(ValueError):
+    """A JETSPEC server flag combination SGLang 0.5.23 + this plugin cannot serve."""
+
+
+def _is_cpu(sa) -> bool:
+    return (getattr(sa, "device", None) or "") == "cpu"
+
+
+def read_head_config(sa) -> dict:
+    """The draft head's config.json as a dict (local folder or hub id); fails with the flag and the fix."""
+    path = sa.speculative_draft_model_path
+    if not path:
+        raise JetSpecArgError(
+            "JETSPEC needs a draft head: add --speculative-draft-model-path DIR (a JetSpec/DFlash head checkpoint, "
+            "e.g. the one shipped in jetspec_sglang/heads/)"
+        )
+    local = os.path.join(str(path), "config.json")
+    if os.path.isdir(str(path)):
+        if not os.path.isfile(local):
+            raise JetSpecArgError(f"--speculative-draft-model-path {path}: no config.json there; point it at a "
+                                  "JetSpec head folder (config.json + model.safetensors)")
+        import json
+
+        try:
+            with open(local) as f:
+                return json.load(f)
+        except ValueError as e:
+            raise JetSpecArgError(f"--speculative-draft-model-path {path}: config.json is not valid JSON ({e}); "
+                                  "re-download or re-save the head") from None
+    from sglang.srt.utils.hf_transformers_utils import get_config
+
+    try:
+        return get_config(str(path), trust_remote_code=bool(sa.trust_remote_code),
+                          revision=sa.speculative_draft_model_revision).to_dict()
+    except Exception as e:  # re-raised with the flag named
+        raise JetSpecArgError(f"--speculative-draft-model-path {path}: cannot read the head config ({e}); give a "
+                              "local folder or a reachable hub id") from e
+
+
+def resolve_shape(sa, head: dict) -> tuple[int, int]:
+    """(budget N, depth L) from the flags, then JETSPEC_BUDGET / JETSPEC_DEPTH, then the head and defaults."""
+    block = head.get("block_size") or (head.get("dflash_config") or {}).get("block_size")
+    if not isinstance(block, int) or block < 2:
+        raise JetSpecArgError(f"--speculative-draft-model-path {sa.speculative_draft_model_path}: block_size="
+                              f"{block!r} in config.json; a JetSpec head needs an integer block_size >= 2")
+    env = config_from_env()  # validates every JETSPEC_* variable, even those used later
+    depth = sa.speculative_num_steps or (env.depth if os.environ.get("JETSPEC_DEPTH") else block - 1)
+    budget = sa.speculative_num_draft_tokens or (env.budget if os.environ.get("JETSPEC_BUDGET") else DEFAULT_BUDGET)
+    return int(budget), int(depth)
+
+
+def validate_server_args(sa) -> None:
+    """Reject every combination the JETSPEC worker does not support (speculative_hook.py:245, before defaults)."""
+    head = read_head_config(sa)
+    archs = head.get("architectures") or []
+    if "dflash_config" not in head:
+        raise JetSpecArgError(f"--speculative-draft-model-path {sa.speculative_draft_model_path}: config.json has no "
+                              f"dflash_config (architectures={archs}); JETSPEC needs a JetSpec/DFlash-format head")
+    try:
+        budget, depth = resolve_shape(sa, head)
+        config_from_env(budget=budget, depth=depth)
+    except ConfigError as e:
+        raise JetSpecArgError(str(e)) from None
+    block = int(head.get("block_size"))
+    checks = [
+        (depth > block - 1, f"--speculative-num-steps {depth} exceeds the head's trained depth block_size-1={block - 1}; "
+                            f"use --speculative-num-steps <= {block - 1}"),
+        (budget < depth + 1, f"--speculative-num-draft-tokens {budget} < depth + 1 = {depth + 1}: the tree cannot hold "
+                             "one full path; raise the budget or lower --speculative-num-steps"),
+        (budget > MAX_BUDGET, f"--speculative-num-draft-tokens {budget} exceeds SGLang's tree-verify limit {MAX_BUDGET}"),
+        ((sa.pp_size or 1) != 1, f"--pp-size {sa.pp_size}: JETSPEC supports pipeline parallel size 1 only; drop --pp-size"),
+        (_dp_attention(sa), "--enable-dp-attention: JETSPEC does not support DP attention; remove the flag"),
+        ((sa.disaggregation_mode or "null") != "null",
+         f"--disaggregation-mode {sa.disaggregation_mode}: JETSPEC does not support PD disaggregation; remove it"),
+        (bool(sa.enable_hierarchical_cache), "--enable-hierarchical-cache: not supported with JETSPEC; remove it"),
+        (bool(getattr(sa, "enable_unified_memory", False)), "--enable-unified-memory: not supported with JETSPEC"),
+        (bool(sa.speculative_use_rejection_sampling),
+         "--speculative-use-rejection-sampling: JETSPEC drafts are deterministic (no draft q); remove the flag - "
+         "sampled verification is already lossless"),
+        (bool(sa.speculative_adaptive), "--speculative-adaptive: use JETSPEC_BUDGET_LADDER for load-adaptive budgets"),
+        (sa.speculative_eagle_topk not in (None, 1),
+         f"--speculative-eagle-topk {sa.speculative_eagle_topk}: JETSPEC sets the tree width with JETSPEC_TREE_WIDTH"),
+        (sa.speculative_draft_window_size is not None,
+         "--speculative-draft-window-size: the compact draft cache is not supported by JETSPEC; remove the flag"),
+        (bool(getattr(sa, "enable_watermark", False)), "--enable-watermark: not supported with JETSPEC"),
+    ]
+    backend = sa.attention_backend
+    if _is_cpu(sa):
+        checks.append((backend not in (None,) + CPU_BACKENDS,
+                       f"--attention-backend {backend}: on CPU JETSPEC verifies trees with torch_native; use "
+                       "--attention-backend torch_native (or omit it)"))
+    else:
+        checks.append((backend not in (None,) + GPU_TARGET_BACKENDS,
+                       f"--attention-backend {backend}: it ignores the tree mask in TARGET_VERIFY (fa3 with topk 1, "
+                       f"trtllm, fa4); use --attention-backend flashinfer or triton"))
+        draft_backend = sa.speculative_draft_attention_backend
+        checks.append((draft_backend not in (None,) + GPU_TARGET_BACKENDS,
+                       f"--speculative-draft-attention-backend {draft_backend}: use flashinfer or triton"))
+    for bad, message in checks:
+        if bad:
+            raise JetSpecArgError(message)
+
+
+def handle_server_args(sa) -> None:
+    """Defaults (speculative_hook.py:269): generic SGLang sizing expressed in JetSpec terms."""
+    head = read_head_config(sa)
+    budget, depth = resolve_shape(sa, head)
+    sa.speculative_num_steps = depth  # generic sizing; accept_index width = depth + 1
+    sa.speculative_num_draft_tokens = budget  # verify width and the 2N KV reservation per step
+    sa.speculative_eagle_topk = 1  # avoids EAGLE's page>1 * topk over-reservation (allocation_sizing.py:52)
+    sa.enable_mixed_chunk = False  # supports_mixed_chunk() is False
+    if _is_cpu(sa):
+        sa.attention_backend = "torch_native"
+        sa.speculative_draft_attention_backend = "torch_native"
+    else:
+        sa.attention_backend = sa.attention_backend or "flashinfer"
+        sa.speculative_draft_attention_backend = sa.speculative_draft_attention_backend or sa.attention_backend
+    if sa.max_running_requests is None:
+        sa.max_running_requests = DEFAULT_MAX_RUNNING["cpu" if _is_cpu(sa) else "gpu"]
+    logger.info("JETSPEC budget=%d depth=%d width=%s head=%s", budget, depth,
+                os.environ.get("JETSPEC_TREE_WIDTH", "7 (default)"), sa.speculative_draft_model_path)
+
+
+def _dp_attention(sa) -> bool:
+    from sglang.srt.runtime_context import attn_dp_enabled_of
+
+    return bool(attn_dp_enabled_of(sa)) or bool(getattr(sa, "enable_dp_attention", False))

@@ -1,0 +1,223 @@
+"""JetSpecWorker: DFlashWorkerV2 with a tree decode step (jetspec-method.md 1; sglang-integration.md 11).
+
+Prefill, the draft runner, target aux-hidden capture and draft-KV materialisation are DFLASH's. One decode step:
+  1. the draft block [bonus, MASK x L] in one draft forward (block-causal head) -> per-depth top-K log-probs;
+  2. the tree (jetspec_sglang.ops: build_tree, ancestor mask, links, FULL mask), positions prefix + depth;
+  3. one target TARGET_VERIFY forward over the N nodes, SGLang's eagle_sample (greedy or sampled, grammar);
+  4. accepted path's target KV moved to the front of the window, predicts/hidden states compacted;
+  5. the accepted nodes' hidden states appended to the draft KV (row r at position prefix + r).
+SGLang objects are translated to suffixed tensors once, here; the tree work is the pure library's.
+"""
+from __future__ import annotations
+
+import logging
+
+import torch
+from sglang.kernels.ops.speculative.cache_locs import assign_extend_cache_locs_func
+from sglang.srt.layers.logits_processor import LogitsProcessor
+from sglang.srt.layers.logprob_processor import compute_spec_logprobs
+from sglang.srt.lora.layers import unwrap_lora_layer
+from sglang.srt.managers.scheduler import GenerationBatchResult
+from sglang.srt.model_executor.forward_batch_info import CaptureHiddenMode, ForwardBatch, ForwardMode
+from sglang.srt.models.dflash import candidate_topk
+from sglang.srt.runtime_context import get_spec
+from sglang.srt.speculative.dflash_worker_v2 import DFlashWorkerV2, _resolve_dflash_embedding_module
+from sglang.srt.speculative.draft_worker_common import build_block_pos_offsets, make_draft_block_spec_info
+from sglang.srt.speculative.draft_worker_common import make_draft_input_v2
+from sglang.srt.speculative.eagle_info import EagleVerifyInput
+from sglang.srt.speculative.eagle_utils import eagle_prepare_for_verify, eagle_sample
+from sglang.srt.speculative.eagle_worker_common import _finalize_accept_tree_path
+from sglang.srt.speculative.spec_info import SpeculativeAlgorithm
+from sglang.srt.speculative.spec_utils import GrammarTree, build_grammar_vocab_mask, draft_tp_context
+from sglang.srt.utils import is_cpu
+
+from jetspec_sglang import ops
+from jetspec_sglang.config import config_from_env
+from jetspec_sglang.glue import hooks
+from jetspec_sglang.tree import top2gap_fanout_caps
+
+logger = logging.getLogger(__name__)
+
+
+class JetSpecWorker(DFlashWorkerV2):
+    def __init__(self, server_args, gpu_id, nccl_port, target_worker):
+        on_cpu = is_cpu()
+        _check_hooks_applied(on_cpu)
+        if on_cpu:
+            from jetspec_sglang.glue import cpu_sampling
+
+            cpu_sampling.install()
+        super().__init__(server_args, gpu_id, nccl_port, target_worker)
+        spec = get_spec()
+        self.max_budget = int(spec.speculative_num_draft_tokens)  # N (root included)
+        self.depth = int(spec.speculative_num_steps)  # L
+        self.jetspec = config_from_env(budget=self.max_budget, depth=self.depth)
+        # DFLASH sized its block as N; the JetSpec draft block is L + 1 wide.
+        self.block_size = self.depth + 1
+        self.draft_model.set_block_size(self.block_size)
+        self._block_pos_offsets = build_block_pos_offsets(length=self.block_size, device=self.device)
+        self._draft_block_spec_info = make_draft_block_spec_info(draft_token_num=self.block_size, device=self.device)
+        self._draft_block_ids_buf = None  # re-allocated B wide by _ensure_draft_block_buffers
+        # eagle_sample needs the full-vocabulary verify logits (TP > 1: gathered before sampling).
+        for module in self.target_worker.model_runner.model.modules():
+            if isinstance(module, LogitsProcessor):
+                module.defer_verify_gather = False
+        self._target_logits_processor = None
+        logger.info("JETSPEC worker: budget=%d depth=%d width=%d algo=%s ladder=%s ops=%s", self.max_budget,
+                    self.depth, self.jetspec.width, self.jetspec.tree_algo, self.jetspec.budget_ladder or "off",
+                    self.jetspec.backend)
+
+    def prewarm_sampling(self):
+        # DFLASH's rehearsal is B-shaped for its own sampler; JETSPEC samples through eagle_sample.
+        return self.model_runner.prewarm_sampling()
+
+    def _validate_phase1_sampling_support(self, batch) -> None:
+        # DFLASH warns that sampling falls back to greedy; JETSPEC verifies sampled requests losslessly.
+        return None
+
+    def forward_batch_generation(self, batch, on_publish=None, grammar_barrier=None, pp_proxy_tensors=None):
+        if batch.forward_mode.is_extend() or batch.is_extend_in_batch or batch.forward_mode.is_idle():
+            return super().forward_batch_generation(batch, on_publish, grammar_barrier, pp_proxy_tensors)
+        return self._decode(batch, on_publish, grammar_barrier)
+
+    # --- one decode step ------------------------------------------------------------------------------------------
+    def _decode(self, batch, on_publish, grammar_barrier) -> GenerationBatchResult:
+        bs, device = len(batch.seq_lens), self.device
+        B, L = self.block_size, self.depth
+        N = self.jetspec.budget_for_batch(bs)
+        prefix_B = batch.seq_lens  # committed tokens (with target KV); the bonus is the uncached anchor
+        bonus_B = batch.spec_info.bonus_tokens.view(-1)
+        window_BW = assign_extend_cache_locs_func(
+            req_pool_indices=batch.req_pool_indices, req_to_token=self.model_runner.req_to_token_pool.req_to_token,
+            start_offset=prefix_B, end_offset=prefix_B + max(N, B), batch_size=bs, draft_token_num=max(N, B),
+            device=device).view(bs, max(N, B))
+        host_bound_B = self._host_prefix_bound(batch)  # >= committed lengths, on the host
+        translator = self.target_worker.model_runner.kv_index_translator
+
+        def plan(width):
+            return translator.plan(req_pool_indices=batch.req_pool_indices, seq_lens=prefix_B,
+                                   seq_lens_cpu=host_bound_B, write_virtual=window_BW[:, :width].reshape(-1),
+                                   read_extent=width)
+
+        logprobs_BLK, tokens_BLK = self._draft(batch, prefix_B, bonus_B, window_BW[:, :B], host_bound_B, plan(B))
+        caps_BL = None
+        if self.jetspec.tree_algo == "top2gap":
+            caps_BL = top2gap_fanout_caps(logprobs_BLK, self.jetspec.width, self.jetspec.top2gap_beta,
+                                          self.jetspec.top2gap_gap0)
+        backend = self.jetspec.backend
+        tree = ops.build_tree(tokens_BLK, logprobs_BLK, bonus_B, N, caps_BL, backend=backend)
+        mask_BNN = ops.build_ancestor_mask(tree.parents_BN, max_depth=L, backend=backend)
+        retrieve_index_BN, first_child_BN, next_sibling_BN = ops.build_retrieve_links(tree.parents_BN, backend=backend)
+        custom_mask = ops.build_verify_mask_full(mask_BNN, prefix_B, total=N * (int(host_bound_B.sum()) + bs * N),
+                                                 backend=backend)
+        verify_plan = plan(N)
+        verify_input = EagleVerifyInput(
+            draft_token=tree.tokens_BN.reshape(-1), custom_mask=custom_mask,
+            positions=(prefix_B[:, None] + tree.depth_BN).reshape(-1), retrieve_index=retrieve_index_BN,
+            retrieve_next_token=first_child_BN, retrieve_next_sibling=next_sibling_BN, retrieve_cum_len=None,
+            spec_steps=L, topk=-1, draft_token_num=N, capture_hidden_mode=CaptureHiddenMode.FULL,
+            seq_lens_sum=None, seq_lens_cpu=None, prepared_out_cache_loc=window_BW[:, :N].reshape(-1),
+            kv_loc_plan=verify_plan,
+        )
+        return self._verify_and_commit(batch, verify_input, verify_plan, prefix_B, host_bound_B, N,
+                                       on_publish, grammar_barrier)
+
+    def _host_prefix_bound(self, batch) -> torch.Tensor:
+        """Host upper bound of the committed lengths. Overlap scheduling lags the host copy by one step, which
+        commits at most L + 1 tokens; the reserved lengths bound it when no host copy exists."""
+        if batch.seq_lens_cpu is not None:
+            return batch.seq_lens_cpu.to(torch.int64) + (self.depth + 1)
+        if batch.spec_info.nxt_kv_lens_cpu is not None:
+            return batch.spec_info.nxt_kv_lens_cpu.to(torch.int64)
+        return torch.tensor([req.kv.kv_allocated_len for req in batch.reqs], dtype=torch.int64)
+
+    def _draft(self, batch, prefix_B, bonus_B, block_loc_BQ, host_bound_B, draft_plan):
+        """One draft forward over [bonus, MASK x L] at prefix + [0, L]; returns per-depth top-K (logprobs, ids)."""
+        bs, B, K = len(prefix_B), self.block_size, self.jetspec.width
+        target_model = self.target_worker.model_runner.model
+        embed = unwrap_lora_layer(_resolve_dflash_embedding_module(self.draft_model, target_model))
+        lm_head = unwrap_lora_layer(target_model.lm_head)
+        block_ids_BQ = torch.full((bs, B), int(self._mask_token_id), dtype=torch.long, device=self.device)
+        block_ids_BQ[:, 0] = bonus_B
+        embeds_TM = (self._full_embed_gpu[block_ids_BQ] if self._full_embed_gpu is not None else embed(block_ids_BQ))
+        if self._noise_embed_scale != 1.0:
+            embeds_TM = embeds_TM * self._noise_embed_scale
+        seq_lens_cpu = host_bound_B.to(torch.int32)
+        forward_batch = ForwardBatch(
+            forward_mode=ForwardMode.TARGET_VERIFY, batch_size=bs, input_ids=block_ids_BQ.reshape(-1),
+            req_pool_indices=batch.req_pool_indices, seq_lens=prefix_B, out_cache_loc=block_loc_BQ.reshape(-1),
+            seq_lens_sum=int(seq_lens_cpu.sum()), seq_lens_cpu=seq_lens_cpu,
+            positions=(prefix_B[:, None] + self._block_pos_offsets).reshape(-1),
+            input_embeds=embeds_TM.reshape(bs * B, -1),
+            # The draft block is DFLASH's block forward exactly; its runner's branches key on DFLASH.
+            spec_algorithm=SpeculativeAlgorithm.DFLASH, spec_info=self._draft_block_spec_info,
+            capture_hidden_mode=CaptureHiddenMode.NULL, global_num_token_non_padded_cpu=bs * B,
+            can_run_decode_cuda_graph=batch.can_run_decode_cuda_graph,
+        )
+        draft_plan.bind(forward_batch, self.draft_model_runner.kv_index_translator)
+        with torch.inference_mode(), draft_tp_context(self.draft_parallel_layout):
+            hidden = self.draft_model_runner.forward(forward_batch).logits_output.hidden_states
+            hidden_TM = hidden.view(bs, B, -1)[:, 1:].reshape(bs * (B - 1), -1)
+            ids_TK, values_TK, lse_T = candidate_topk(hidden_TM, lm_head, K, with_partition=True)
+        logprobs_BLK = (values_TK.float() - lse_T.float()[:, None]).view(bs, B - 1, K)
+        return logprobs_BLK, ids_TK.view(bs, B - 1, K)
+
+    def _verify_and_commit(self, batch, verify_input, verify_plan, prefix_B, host_bound_B, N, on_publish,
+                           grammar_barrier) -> GenerationBatchResult:
+        bs = len(prefix_B)
+        batch.spec_info = verify_input
+        saved = batch.seq_lens_cpu, batch.seq_lens_sum
+        batch.seq_lens_cpu = host_bound_B.to(torch.int32)
+        batch.seq_lens_sum = int(host_bound_B.sum())
+        verify_batch, can_run_graph = eagle_prepare_for_verify(verify_input, self.target_worker.model_runner
+                                                               .req_to_token_pool, batch, self.target_worker)
+        batch.seq_lens_cpu, batch.seq_lens_sum = saved
+        grammar_tree = (GrammarTree.from_device(verify_input.retrieve_next_token, verify_input.retrieve_next_sibling,
+                                                verify_input.draft_token.view(bs, N)) if batch.has_grammar else None)
+        target_out = self.target_worker.forward_batch_generation(batch=None, forward_batch=verify_batch,
+                                                                 is_verify=True)
+        logits_output = target_out.logits_output
+        grammar_mask = None
+        if grammar_tree is not None:
+            grammar_mask = build_grammar_vocab_mask(reqs=batch.reqs, tree=grammar_tree,
+                                                    sampling_info=batch.sampling_info,
+                                                    device=verify_input.retrieve_next_token.device,
+                                                    barrier=grammar_barrier)
+        predict, accept_lens, accept_index = eagle_sample(verify_input, batch, logits_output, grammar_mask)
+        new_seq_lens = prefix_B + accept_lens.to(prefix_B.dtype)
+        if on_publish is not None:
+            on_publish(new_seq_lens)
+        if batch.return_logprob:
+            compute_spec_logprobs(batch, logits_output, predict, accept_index=accept_index)
+        predict = _finalize_accept_tree_path(batch, accept_index, accept_lens, predict, logits_output, bs,
+                                             token_to_kv_pool_allocator=self.target_worker.model_runner
+                                             .token_to_kv_pool_allocator, num_draft_tokens=N)
+        bonus_B = predict.view(bs, N).gather(1, (accept_lens.to(torch.int64) - 1)[:, None])[:, 0]
+        hidden = logits_output.hidden_states
+        if hidden is None:
+            raise RuntimeError("JETSPEC verify returned no target hidden states (aux capture is off?)")
+        cache_loc = self._draft_write_ids(verify_plan)
+        self._append_target_hidden_to_draft_kv_by_loc(
+            target_hidden=hidden.reshape(bs * N, -1), cache_loc=cache_loc, cache_loc_2d=cache_loc.view(bs, N),
+            positions=(prefix_B[:, None] + torch.arange(N, device=self.device)).reshape(-1),
+            commit_lens=accept_lens.to(torch.int32),
+        )
+        logits_output.hidden_states = None
+        return GenerationBatchResult(
+            logits_output=logits_output, next_token_ids=predict, accept_lens=accept_lens, accept_index=accept_index,
+            can_run_cuda_graph=can_run_graph, speculative_num_draft_tokens=N,
+            next_draft_input=make_draft_input_v2(bonus_tokens=bonus_B, new_seq_lens=new_seq_lens),
+            new_seq_lens=new_seq_lens, routed_experts_output=target_out.routed_experts_output,
+            indexer_topk_output=target_out.indexer_topk_output, extra_keep_alive_refs=[verify_batch],
+        )
+
+
+def _check_hooks_applied(on_cpu: bool) -> None:
+    """SGLang's apply_hooks logs and continues on failure; a missing JETSPEC hook would mean wrong tokens."""
+    from sglang.srt.plugins.hook_registry import HookRegistry
+
+    missing = [t for t in hooks.applied_hooks(on_cpu) if t not in HookRegistry._patched]
+    if missing:
+        raise RuntimeError(f"JETSPEC: SGLang hooks not applied in this process: {missing}. The plugin entry point "
+                           "did not load (check SGLANG_PLUGINS includes 'jetspec') or a hook target moved; see the "
+                           "'Failed to apply hooks' log lines")
