@@ -71,6 +71,11 @@ class JetSpecWorker(DFlashWorkerV2):
         # DFLASH's rehearsal is B-shaped for its own sampler; JETSPEC samples through eagle_sample.
         return self.model_runner.prewarm_sampling()
 
+    def _maybe_build_draft_sampler(self):
+        # DFLASH folds its greedy argmax of the draft block into the draft CUDA graph; JETSPEC needs the block's
+        # hidden states for its own per-depth top-K, so the draft graph captures the plain forward.
+        return None
+
     def _validate_phase1_sampling_support(self, batch) -> None:
         # DFLASH warns that sampling falls back to greedy; JETSPEC verifies sampled requests losslessly.
         return None
