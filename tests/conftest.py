@@ -39,3 +39,62 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_sglang)
         if ("slow" in item.keywords or "server" in item.keywords) and not run_slow:
             item.add_marker(skip_slow)
+
+
+# The machine has 2 shared cores: one intra-op thread keeps small-model unit tests fast and stable
+# (server tests run in subprocesses and are unaffected).
+torch.set_num_threads(1)
+
+
+# --- real SGLang servers (marker `server`) ------------------------------------------------------------------------
+import pathlib  # noqa: E402
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SHIPPED_HEAD = REPO / "jetspec_sglang" / "heads" / "smollm2-135m-instruct"
+
+
+@pytest.fixture(scope="session")
+def server_logs(tmp_path_factory) -> pathlib.Path:
+    return tmp_path_factory.mktemp("server-logs")
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir() -> str:
+    from jetspec_sglang.models import prepare_model
+
+    return str(prepare_model("smollm2"))
+
+
+@pytest.fixture(scope="session")
+def smollm2_head() -> str:
+    """The trained head shipped with the package (JETSPEC_TEST_HEAD overrides it for development)."""
+    head = os.environ.get("JETSPEC_TEST_HEAD") or str(SHIPPED_HEAD)
+    if not (pathlib.Path(head) / "config.json").exists():
+        pytest.fail(f"no trained SmolLM2 head at {head}: train it (README, 'Training') or set JETSPEC_TEST_HEAD")
+    return head
+
+
+def _server(spec, log):
+    from jetspec_sglang.serving import Server
+
+    server = Server(spec, log).start()
+    return server
+
+
+@pytest.fixture(scope="session")
+def plain_server(smollm2_dir, server_logs):
+    from jetspec_sglang.serving import ServerSpec
+
+    server = _server(ServerSpec(model=smollm2_dir), server_logs / "plain.log")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def jetspec_server(smollm2_dir, smollm2_head, server_logs):
+    from jetspec_sglang.serving import ServerSpec
+
+    spec = ServerSpec(model=smollm2_dir, head=smollm2_head, budget=16, depth=15)
+    server = _server(spec, server_logs / "jetspec.log")
+    yield server
+    server.stop()

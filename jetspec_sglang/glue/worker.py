@@ -111,15 +111,14 @@ class JetSpecWorker(DFlashWorkerV2):
                                           self.jetspec.top2gap_gap0)
         backend = self.jetspec.backend
         tree = ops.build_tree(tokens_BLK, logprobs_BLK, bonus_B, N, caps_BL, backend=backend)
-        mask_BNN = ops.build_ancestor_mask(tree.parents_BN, max_depth=L, backend=backend)
-        retrieve_index_BN, first_child_BN, next_sibling_BN = ops.build_retrieve_links(tree.parents_BN, backend=backend)
-        custom_mask = ops.build_verify_mask_full(mask_BNN, prefix_B, total=N * (int(host_bound_B.sum()) + bs * N),
+        tm = ops.build_tree_mask(tree.parents_BN, tree.depth_BN, prefix_B, max_depth=L, backend=backend)
+        custom_mask = ops.build_verify_mask_full(tm.mask_BNN, prefix_B, total=N * (int(host_bound_B.sum()) + bs * N),
                                                  backend=backend)
         verify_plan = plan(N)
         verify_input = EagleVerifyInput(
-            draft_token=tree.tokens_BN.reshape(-1), custom_mask=custom_mask,
-            positions=(prefix_B[:, None] + tree.depth_BN).reshape(-1), retrieve_index=retrieve_index_BN,
-            retrieve_next_token=first_child_BN, retrieve_next_sibling=next_sibling_BN, retrieve_cum_len=None,
+            draft_token=tree.tokens_BN.reshape(-1), custom_mask=custom_mask, positions=tm.positions_BN.reshape(-1),
+            retrieve_index=tm.retrieve_index_BN, retrieve_next_token=tm.first_child_BN,
+            retrieve_next_sibling=tm.next_sibling_BN, retrieve_cum_len=None,
             spec_steps=L, topk=-1, draft_token_num=N, capture_hidden_mode=CaptureHiddenMode.FULL,
             seq_lens_sum=None, seq_lens_cpu=None, prepared_out_cache_loc=window_BW[:, :N].reshape(-1),
             kv_loc_plan=verify_plan,

@@ -1,0 +1,123 @@
+"""The CPU demo (README, first command): SmolLM2-135M-Instruct + the shipped JetSpec head in real SGLang servers.
+
+Starts a plain server and a JETSPEC server one after the other on 127.0.0.1, sends the same held-out GSM8K and
+HumanEval prompts (greedy) to both, and prints accept length, tokens/s and whether the outputs are identical.
+    python -m jetspec_sglang.demo [--prompts 6] [--max-new-tokens 128] [--budget 16] [--depth 15] [--json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import tempfile
+import time
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from tqdm import tqdm
+
+from jetspec_sglang.serving import Server, ServerSpec
+
+logger = logging.getLogger(__name__)
+HEAD_NAME = "smollm2-135m-instruct"
+
+
+def shipped_head(name: str = HEAD_NAME) -> Path:
+    path = Path(str(resources.files("jetspec_sglang.heads") / name))
+    if not (path / "config.json").exists():
+        raise FileNotFoundError(f"the shipped head {path} is missing; reinstall jetspec-sglang (scripts/setup.sh)")
+    return path
+
+
+@dataclass(frozen=True)
+class DemoArgs:
+    prompts: int
+    max_new_tokens: int
+    budget: int
+    depth: int
+    width: int
+    as_json: bool
+    log_dir: str
+
+
+def parse_args(argv=None) -> DemoArgs:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--prompts", type=int, default=6, help="held-out prompts, half GSM8K, half HumanEval")
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--budget", type=int, default=16, help="tree nodes incl. root (--speculative-num-draft-tokens)")
+    p.add_argument("--depth", type=int, default=15, help="draft depth (--speculative-num-steps)")
+    p.add_argument("--width", type=int, default=4, help="per-depth top-k (JETSPEC_TREE_WIDTH)")
+    p.add_argument("--json", dest="as_json", action="store_true", help="print one JSON object")
+    p.add_argument("--log-dir", default=None, help="where the server logs go (default: a temp dir)")
+    a = p.parse_args(argv)
+    return DemoArgs(a.prompts, a.max_new_tokens, a.budget, a.depth, a.width, a.as_json,
+                    a.log_dir or tempfile.mkdtemp(prefix="jetspec-demo-"))
+
+
+def _prompts(model_dir: str, n: int):
+    from transformers import AutoTokenizer
+
+    from jetspec_sglang.data import encode_chat, load_prompts
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    records = load_prompts("gsm8k", "eval")[: n - n // 2] + load_prompts("humaneval", "eval")[: n // 2]
+    return records, encode_chat(tok, records)
+
+
+def _serve(spec: ServerSpec, log: Path, prompts, max_new: int, label: str) -> dict:
+    with Server(spec, log) as server:
+        server.generate(text="Hello", max_new_tokens=4, temperature=0)  # warm-up, not timed
+        outs, start = [], time.perf_counter()
+        for ids in tqdm(prompts, desc=label, unit="prompt"):
+            outs.append(server.generate(input_ids=ids, max_new_tokens=max_new, temperature=0))
+        seconds = time.perf_counter() - start
+    tokens = sum(o["meta_info"]["completion_tokens"] for o in outs)
+    rounds = sum(o["meta_info"].get("spec_verify_ct", 0) for o in outs)
+    return {"outputs": outs, "seconds": seconds, "tokens": tokens, "tokens_per_s": tokens / seconds,
+            "accept_length": tokens / rounds if rounds else None}
+
+
+def run(args: DemoArgs) -> dict:
+    from jetspec_sglang.models import prepare_model
+
+    model = str(prepare_model("smollm2"))
+    head = str(shipped_head())
+    records, prompts = _prompts(model, args.prompts)
+    logs = Path(args.log_dir)
+    plain = _serve(ServerSpec(model=model), logs / "plain.log", prompts, args.max_new_tokens, "plain  ")
+    spec = _serve(ServerSpec(model=model, head=head, budget=args.budget, depth=args.depth,
+                             env={"JETSPEC_TREE_WIDTH": str(args.width)}),
+                  logs / "jetspec.log", prompts, args.max_new_tokens, "JETSPEC")
+    identical = [a["output_ids"] == b["output_ids"] for a, b in zip(plain["outputs"], spec["outputs"])]
+    return {
+        "model": "SmolLM2-135M-Instruct (fp32, CPU)", "head": head, "budget": args.budget, "depth": args.depth,
+        "width": args.width, "prompts": [r.id for r in records], "max_new_tokens": args.max_new_tokens,
+        "plain_tokens_per_s": round(plain["tokens_per_s"], 2), "jetspec_tokens_per_s": round(spec["tokens_per_s"], 2),
+        "speedup": round(spec["tokens_per_s"] / plain["tokens_per_s"], 3),
+        "accept_length": round(spec["accept_length"], 3), "identical_outputs": f"{sum(identical)}/{len(identical)}",
+        "sample": spec["outputs"][0]["text"][:400], "logs": str(logs),
+    }
+
+
+def main(argv=None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args = parse_args(argv)
+    result = run(args)
+    if args.as_json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(f"\n{result['model']} + JetSpec head, budget {result['budget']}, depth {result['depth']}, "
+              f"width {result['width']}; {len(result['prompts'])} held-out prompts, greedy, "
+              f"{result['max_new_tokens']} new tokens max")
+        print(f"  plain decoding : {result['plain_tokens_per_s']:7.2f} tok/s")
+        print(f"  JETSPEC        : {result['jetspec_tokens_per_s']:7.2f} tok/s  (x{result['speedup']:.2f})")
+        print(f"  accept length  : {result['accept_length']:.2f} tokens per verify round")
+        print(f"  identical      : {result['identical_outputs']} outputs equal plain decoding token for token")
+        print(f"  sample output  : {result['sample']!r}")
+        print(f"  server logs    : {result['logs']}")
+    return 0 if result["identical_outputs"].split("/")[0] == result["identical_outputs"].split("/")[1] else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
