@@ -60,12 +60,19 @@ def read_head_config(sa) -> dict:
                               "local folder or a reachable hub id") from e
 
 
-def resolve_shape(sa, head: dict) -> tuple[int, int]:
-    """(budget N, depth L) from the flags, then JETSPEC_BUDGET / JETSPEC_DEPTH, then the head and defaults."""
-    block = head.get("block_size") or (head.get("dflash_config") or {}).get("block_size")
-    if not isinstance(block, int) or block < 2:
+def head_block_size(sa, head: dict) -> int:
+    """The head's block size with SGLang's precedence (dflash_utils.py:609): dflash_config.block_size, else the
+    top-level key."""
+    block = (head.get("dflash_config") or {}).get("block_size", head.get("block_size"))
+    if isinstance(block, bool) or not isinstance(block, int) or block < 2:
         raise JetSpecArgError(f"--speculative-draft-model-path {sa.speculative_draft_model_path}: block_size="
                               f"{block!r} in config.json; a JetSpec head needs an integer block_size >= 2")
+    return block
+
+
+def resolve_shape(sa, head: dict) -> tuple[int, int]:
+    """(budget N, depth L) from the flags, then JETSPEC_BUDGET / JETSPEC_DEPTH, then the head and defaults."""
+    block = head_block_size(sa, head)
     env = config_from_env()  # validates every JETSPEC_* variable, even those used later
     depth = sa.speculative_num_steps or (env.depth if os.environ.get("JETSPEC_DEPTH") else block - 1)
     budget = sa.speculative_num_draft_tokens or (env.budget if os.environ.get("JETSPEC_BUDGET") else DEFAULT_BUDGET)
@@ -84,7 +91,7 @@ def validate_server_args(sa) -> None:
         config_from_env(budget=budget, depth=depth)
     except ConfigError as e:
         raise JetSpecArgError(str(e)) from None
-    block = int(head.get("block_size"))
+    block = head_block_size(sa, head)
     checks = [
         (depth > block - 1, f"--speculative-num-steps {depth} exceeds the head's trained depth block_size-1={block - 1}; "
                             f"use --speculative-num-steps <= {block - 1}"),
@@ -140,6 +147,16 @@ def handle_server_args(sa) -> None:
         sa.speculative_draft_attention_backend = sa.speculative_draft_attention_backend or sa.attention_backend
     if sa.max_running_requests is None:
         sa.max_running_requests = DEFAULT_MAX_RUNNING["cpu" if _is_cpu(sa) else "gpu"]
+    ladder = config_from_env(budget=budget, depth=depth).budget_ladder
+    if ladder and not _is_cpu(sa):
+        # The target verify graph is captured at one width (N); ladder budgets below N would replay no graph.
+        # Run decode eagerly rather than mixing graphed and eager steps.
+        from sglang.srt.model_executor.cuda_graph_config import Backend, CudaGraphConfig, Phase, with_phase
+
+        current = sa.cuda_graph_config or CudaGraphConfig()  # unresolved in SGLang's unit-test pattern
+        sa.cuda_graph_config = with_phase(current, Phase.DECODE, backend=Backend.DISABLED)
+        logger.warning("JETSPEC_BUDGET_LADDER=%s: decode CUDA graphs are disabled (one captured width cannot "
+                       "serve several budgets); unset the ladder to keep graphs", ladder)
     logger.info("JETSPEC budget=%d depth=%d width=%s head=%s", budget, depth,
                 os.environ.get("JETSPEC_TREE_WIDTH", "7 (default)"), sa.speculative_draft_model_path)
 
