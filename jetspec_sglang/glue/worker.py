@@ -34,7 +34,7 @@ from sglang.srt.utils import is_cpu
 from jetspec_sglang import ops
 from jetspec_sglang.config import config_from_env
 from jetspec_sglang.glue import hooks
-from jetspec_sglang.tree import top2gap_fanout_caps
+from jetspec_sglang.tree import empty_tree, top2gap_fanout_caps
 
 logger = logging.getLogger(__name__)
 
@@ -104,13 +104,16 @@ class JetSpecWorker(DFlashWorkerV2):
                                    seq_lens_cpu=host_bound_B, write_virtual=window_BW[:, :width].reshape(-1),
                                    read_extent=width)
 
-        logprobs_BLK, tokens_BLK = self._draft(batch, prefix_B, bonus_B, window_BW[:, :B], host_bound_B, plan(B))
-        caps_BL = None
-        if self.jetspec.tree_algo == "top2gap":
-            caps_BL = top2gap_fanout_caps(logprobs_BLK, self.jetspec.width, self.jetspec.top2gap_beta,
-                                          self.jetspec.top2gap_gap0)
         backend = self.jetspec.backend
-        tree = ops.build_tree(tokens_BLK, logprobs_BLK, bonus_B, N, caps_BL, backend=backend)
+        if N == 1:  # the ladder's last step: no speculation, the verify forward decodes one token
+            tree = empty_tree(bonus_B, 1)
+        else:
+            logprobs_BLK, tokens_BLK = self._draft(batch, prefix_B, bonus_B, window_BW[:, :B], host_bound_B, plan(B))
+            caps_BL = None
+            if self.jetspec.tree_algo == "top2gap":
+                caps_BL = top2gap_fanout_caps(logprobs_BLK, self.jetspec.width, self.jetspec.top2gap_beta,
+                                              self.jetspec.top2gap_gap0)
+            tree = ops.build_tree(tokens_BLK, logprobs_BLK, bonus_B, N, caps_BL, backend=backend)
         tm = ops.build_tree_mask(tree.parents_BN, tree.depth_BN, prefix_B, max_depth=L, backend=backend)
         custom_mask = ops.build_verify_mask_full(tm.mask_BNN, prefix_B, total=N * (int(host_bound_B.sum()) + bs * N),
                                                  backend=backend)
