@@ -41,8 +41,9 @@ class JetSpecConfig:
             raise ConfigError(f"tree_algo={self.tree_algo!r} is not supported; set JETSPEC_TREE_ALGO to one of {TREE_ALGOS}")
         if self.backend not in BACKENDS:
             raise ConfigError(f"backend={self.backend!r} is not supported; set JETSPEC_OPS_BACKEND to one of {BACKENDS}")
-        if not (self.top2gap_beta >= 0):
-            raise ConfigError(f"top2gap_beta={self.top2gap_beta!r} must be >= 0; set JETSPEC_TOP2GAP_BETA to e.g. 2.0")
+        if not (0 <= self.top2gap_beta < float("inf")):
+            raise ConfigError(f"top2gap_beta={self.top2gap_beta!r} must be finite and >= 0; "
+                              "set JETSPEC_TOP2GAP_BETA to e.g. 2.0")
         if self.top2gap_gap0 != self.top2gap_gap0:  # NaN
             raise ConfigError("top2gap_gap0=nan must be a number; set JETSPEC_TOP2GAP_GAP0 to e.g. 1.0")
         _check_ladder(self.budget_ladder, self.budget)

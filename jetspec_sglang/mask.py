@@ -18,19 +18,24 @@ NO_LINK = -1  # "no first child" / "no next sibling" in the retrieve links
 def build_ancestor_mask(parents_BN: torch.Tensor, max_depth: int | None = None) -> torch.Tensor:
     """mask_BNN[b, i, j] = node j is an ancestor of node i or i itself (bool). Padding nodes see only themselves.
 
-    Pointer jumping: after t rounds every node sees its ancestors up to distance 2^t - 1, so
+    Pointer jumping on whole rows: after t rounds every node sees its ancestors up to distance 2^t - 1, so
     ceil(log2(max_depth + 1)) rounds suffice (max_depth defaults to N - 1).
     parents [-1, 0, 0, 1] -> rows {0}, {0,1}, {0,2}, {0,1,3}.
     """
     B, N = parents_BN.shape
-    idx_N = torch.arange(N, device=parents_BN.device)
-    jump_BN = torch.where(parents_BN == NO_PARENT, idx_N, parents_BN)
-    mask_BNN = torch.eye(N, dtype=torch.bool, device=parents_BN.device).expand(B, N, N).clone()
+    device = parents_BN.device
+    idx_N = torch.arange(N, device=device)
+    # jump = parent (a root or padding node: itself), as a row of the flattened [B*N, N] mask
+    jump_T = (torch.where(parents_BN == NO_PARENT, idx_N, parents_BN) + N * torch.arange(B, device=device)[:, None])
+    jump_T = jump_T.reshape(B * N)
+    mask_TN = torch.eye(N, dtype=torch.bool, device=device).repeat(B, 1)
     depth = N - 1 if max_depth is None else max_depth
-    for _ in range(math.ceil(math.log2(depth + 1)) if depth > 0 else 0):
-        mask_BNN |= mask_BNN.gather(1, jump_BN[:, :, None].expand(B, N, N))
-        jump_BN = jump_BN.gather(1, jump_BN)
-    return mask_BNN
+    rounds = math.ceil(math.log2(depth + 1)) if depth > 0 else 0
+    for r in range(rounds):
+        mask_TN |= mask_TN.index_select(0, jump_T)  # row i |= row jump(i): whole-row copies, no [B, N, N] index
+        if r + 1 < rounds:
+            jump_T = jump_T.index_select(0, jump_T)
+    return mask_TN.view(B, N, N)
 
 
 def tree_positions(depth_BN: torch.Tensor, prefix_lens_B: torch.Tensor) -> torch.Tensor:
@@ -49,18 +54,20 @@ def build_retrieve_links(parents_BN: torch.Tensor) -> tuple[torch.Tensor, torch.
     B, N = parents_BN.shape
     device = parents_BN.device
     idx_N = torch.arange(N, device=device)
-    later_NN = idx_N[None, :] > idx_N[:, None]  # [i, j]: j > i
-    child_BNN = parents_BN[:, None, :] == idx_N[None, :, None]  # [b, i, j]: j is a child of i
-    sibling_BNN = (parents_BN[:, :, None] == parents_BN[:, None, :]) & later_NN & (parents_BN != NO_PARENT)[:, :, None]
-    big = torch.tensor(N, device=device)
-    first_child_BN = torch.where(child_BNN, idx_N, big).amin(-1)
-    next_sibling_BN = torch.where(sibling_BNN, idx_N, big).amin(-1)
+    # Sort the nodes by (parent, index): siblings become neighbours in index order. NO_PARENT nodes sort first.
+    key_BN = parents_BN * N + idx_N
+    order_BN = key_BN.argsort(dim=1)
+    sorted_parent_BN = parents_BN.gather(1, order_BN)
+    # In sorted order, the node after a child of p is its next sibling if it is a child of p too.
+    same_BN = (sorted_parent_BN[:, 1:] == sorted_parent_BN[:, :-1]) & (sorted_parent_BN[:, 1:] != NO_PARENT)
+    next_sibling_BN = torch.full((B, N), NO_LINK, dtype=torch.int64, device=device)
+    next_sibling_BN.scatter_(1, order_BN[:, :-1], torch.where(same_BN, order_BN[:, 1:], NO_LINK))
+    # first child of p = the smallest index whose parent is p (scatter-min; NO_PARENT nodes go to scratch slot N)
+    first_child_BN = torch.full((B, N + 1), N, dtype=torch.int64, device=device)
+    first_child_BN.scatter_reduce_(1, torch.where(parents_BN == NO_PARENT, N, parents_BN), idx_N.expand(B, N), "amin")
+    first_child_BN = first_child_BN[:, :N]
     retrieve_index_BN = torch.arange(B, device=device)[:, None] * N + idx_N
-    return (
-        retrieve_index_BN,
-        first_child_BN.masked_fill(first_child_BN == N, NO_LINK),
-        next_sibling_BN.masked_fill(next_sibling_BN == N, NO_LINK),
-    )
+    return retrieve_index_BN, first_child_BN.masked_fill(first_child_BN == N, NO_LINK), next_sibling_BN
 
 
 def parents_from_links(first_child_BN: torch.Tensor, next_sibling_BN: torch.Tensor) -> torch.Tensor:

@@ -13,7 +13,9 @@ from dataclasses import dataclass
 import torch
 
 NO_PARENT = -1  # parent of the root and of padding nodes
-LOGPROB_FLOOR = -1e30  # log-probs are floored here (both builders) so impossible tokens still order exactly
+# Every builder clamps log-probs to [LOGPROB_FLOOR, 0]: impossible tokens (-inf) still order exactly, and rounding
+# noise above 0 (e.g. val - lse from a fused top-k) cannot let a child outscore its parent. NaN raises ValueError.
+LOGPROB_FLOOR = -1e30
 
 
 @dataclass(frozen=True)
@@ -57,9 +59,12 @@ def top2gap_fanout_caps(topk_logprobs_BLK: torch.Tensor, width: int, beta: float
     B, L, K = topk_logprobs_BLK.shape
     if width < 2 or K < 2:
         return torch.ones(B, L, dtype=torch.int64, device=topk_logprobs_BLK.device)
-    lp_BLK = topk_logprobs_BLK.double()
+    # Clamped like the builders: an -inf rank-2 log-prob would make the gap inf or NaN and beta=0 * inf NaN.
+    lp_BLK = topk_logprobs_BLK.double().clamp(LOGPROB_FLOOR, 0.0)
     gap_BL = lp_BLK[..., 0] - lp_BLK[..., 1]
-    caps_BL = torch.round(width * torch.sigmoid(-beta * (gap_BL - gap0)))
+    # beta = 0 means half of K everywhere, also for gap0 = +-inf (where 0 * inf would be NaN).
+    logit_BL = torch.zeros_like(gap_BL) if beta == 0 else -beta * (gap_BL - gap0)
+    caps_BL = torch.round(width * torch.sigmoid(logit_BL))
     return caps_BL.clamp(1, min(width, K)).to(torch.int64)
 
 
@@ -79,7 +84,8 @@ def build_tree_ref(
     """
     L, K = topk_tokens_LK.shape
     top_tok = topk_tokens_LK.tolist()
-    top_lp = topk_logprobs_LK.double().clamp(min=LOGPROB_FLOOR).tolist()  # host float64, like the official builder
+    check_no_nan(topk_logprobs_LK)
+    top_lp = topk_logprobs_LK.double().clamp(LOGPROB_FLOOR, 0.0).tolist()  # host float64, like the official builder
     caps = [K] * L if fanout_caps_L is None else [max(1, min(int(c), K)) for c in fanout_caps_L.tolist()]
     tokens, parents, depths, cums = [int(root_token)], [NO_PARENT], [0], [0.0]
     heap = [(-0.0, 0, 0)]  # (negated score, insertion counter, node index)
@@ -127,6 +133,13 @@ def build_tree_batch_ref(
     return DraftTree(*(torch.cat([getattr(t, f) for t in trees]) for f in DraftTree.__dataclass_fields__))
 
 
+def check_no_nan(topk_logprobs: torch.Tensor) -> None:
+    """NaN log-probs (a broken draft) have no heap order: raise (one host read)."""
+    if bool(torch.isnan(topk_logprobs).any()):
+        raise ValueError("topk_logprobs_BLK holds NaN; the draft head produced NaN logits (check its weights and "
+                         "inputs); trees need finite or -inf log-probs")
+
+
 def check_tree_inputs(topk_tokens_BLK, topk_logprobs_BLK, root_tokens_B, budget, fanout_caps_BL=None) -> None:
     """Shape/dtype checks shared by every builder (no host synchronisation)."""
     if topk_tokens_BLK.dim() != 3 or topk_tokens_BLK.shape != topk_logprobs_BLK.shape:
@@ -159,17 +172,19 @@ def build_tree(
 ) -> DraftTree:
     """The trees of `build_tree_ref` for a whole batch, in vectorised torch (loops over depth, never over nodes).
 
-    topk_tokens_BLK int32/int64 and topk_logprobs_BLK float (rank order, e.g. from `draft_topk`); root_tokens_B
-    int64; budget N = nodes per tree including the root; fanout_caps_BL int64 in [1, K] (None = K everywhere,
-    i.e. accum_logp; `top2gap_fanout_caps` for top2gap). The fast path (`tree_batched.build_tree_topk`) uses
-    top-k, whose order of exactly equal scores is unspecified; when it sees such a tie it hands the batch to
-    `tree_exact.build_tree_exact`, which orders ties like the heap. Either way the result equals the reference.
+    topk_tokens_BLK int32/int64 and topk_logprobs_BLK float (rank order, e.g. from `draft_topk`; clamped to
+    [LOGPROB_FLOOR, 0]; NaN raises ValueError); root_tokens_B int64; budget N = nodes per tree including the root;
+    fanout_caps_BL int64 in [1, K] (None = K everywhere, i.e. accum_logp; `top2gap_fanout_caps` for top2gap).
+    The fast path (`tree_batched.build_tree_topk`) uses top-k, whose order of exactly equal scores is
+    unspecified; when it cannot restore the heap's order of a tie (or rows are not in rank order) it hands the
+    batch to `tree_exact.build_tree_exact`, which orders ties like the heap. Either way the result equals the
+    reference.
     """
     from jetspec_sglang.tree_batched import build_tree_topk
 
     check_tree_inputs(topk_tokens_BLK, topk_logprobs_BLK, root_tokens_B, budget, fanout_caps_BL)
     tree = build_tree_topk(topk_tokens_BLK, topk_logprobs_BLK, root_tokens_B, budget, fanout_caps_BL)
-    if tree is None:  # an exact tie: rare with real drafts
+    if tree is None:  # an unresolved exact tie (rare) or unsorted rows
         from jetspec_sglang.tree_exact import build_tree_exact
 
         tree = build_tree_exact(topk_tokens_BLK, topk_logprobs_BLK, root_tokens_B, budget, fanout_caps_BL)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from jetspec_sglang.tree import LOGPROB_FLOOR, DraftTree, check_tree_inputs, empty_tree
+from jetspec_sglang.tree import LOGPROB_FLOOR, DraftTree, check_no_nan, check_tree_inputs, empty_tree
 from jetspec_sglang.tree_batched import assemble_scatter
 
 
@@ -27,7 +27,8 @@ def build_tree_exact(
     B, L, K = topk_tokens_BLK.shape
     if budget == 1:
         return empty_tree(root_tokens_B, 1)
-    lp_BLK = topk_logprobs_BLK.double().clamp(min=LOGPROB_FLOOR)
+    check_no_nan(topk_logprobs_BLK)
+    lp_BLK = topk_logprobs_BLK.double().clamp(LOGPROB_FLOOR, 0.0)
     device = lp_BLK.device
     if fanout_caps_BL is None:
         caps_BL, E = torch.full((B, L), K, dtype=torch.int64, device=device), -(-(budget - 1) // K)

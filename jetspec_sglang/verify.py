@@ -42,47 +42,40 @@ def accept_greedy(
 ) -> AcceptResult:
     """Longest root path whose tokens all equal the target's choice at their parent (first matching sibling).
 
-    target_choice_BN int64: the target's token at every node (argmax for greedy; a sample for `accept_sampled`).
+    target_choice_BN: the target's token at every node (argmax for greedy; a sample for `accept_sampled`).
+    Integer inputs may be int32 or int64; the result is int64.
     max_depth: the deepest level a tree may have (L); sets the path width L + 1 and the jump rounds.
-    Vectorised (jetspec-method.md 6.1): match[i] = tok[i] == choice[parent[i]] and no earlier sibling with the
-    same token; a prefix-AND along ancestors by pointer jumping; the deepest surviving node wins.
+    Vectorised (jetspec-method.md 6.1), O(B*N) memory: match[i] = tok[i] == choice[parent[i]], and only the
+    lowest-index matching child of a parent stays (matching siblings share the token choice[parent]); a prefix-AND
+    along ancestors by pointer jumping leaves ok = the accepted path itself (one node per depth, root first).
     """
     B, N = tokens_BN.shape
     device = tokens_BN.device
-    idx_N = torch.arange(N, device=device)
+    P = max_depth + 1
+    # int32 inputs (SGLang's predict is int32) would mix dtypes below; the results are int64 either way.
+    tokens_BN, target_choice_BN = tokens_BN.long(), target_choice_BN.long()
+    parents_BN, depth_BN = parents_BN.long(), depth_BN.long()
+    idx_BN = torch.arange(N, device=device).expand(B, N)
     has_parent_BN = parents_BN != NO_PARENT
     parent_BN = torch.where(has_parent_BN, parents_BN, 0)
     match_BN = has_parent_BN & (tokens_BN == target_choice_BN.gather(1, parent_BN))
-    # SGLang's walk takes the first matching sibling; later duplicates must not match.
-    dup_BNN = ((parents_BN[:, :, None] == parents_BN[:, None, :]) & (tokens_BN[:, :, None] == tokens_BN[:, None, :])
-               & (idx_N[None, None, :] < idx_N[None, :, None]))
-    match_BN &= ~dup_BNN.any(-1)
+    # SGLang's walk takes the first matching sibling: per parent, the smallest matching index (scratch slot N).
+    first_match_BN = torch.full((B, N + 1), N, dtype=torch.int64, device=device)
+    first_match_BN.scatter_reduce_(1, torch.where(match_BN, parent_BN, N), idx_BN, "amin")
+    match_BN &= first_match_BN.gather(1, parent_BN) == idx_BN
     match_BN[:, 0] = True  # the root
-    jump_BN = torch.where(has_parent_BN, parents_BN, idx_N)
+    jump_BN = torch.where(has_parent_BN, parents_BN, idx_BN)
     ok_BN = match_BN
-    for _ in range(math.ceil(math.log2(max_depth + 1))):
+    for _ in range(math.ceil(math.log2(P))):
         ok_BN = ok_BN & ok_BN.gather(1, jump_BN)
         jump_BN = jump_BN.gather(1, jump_BN)
-    best_B = torch.where(ok_BN, depth_BN, -1).argmax(1)  # ties -> lowest index (unique with distinct siblings)
-    return _result(tokens_BN, parents_BN, depth_BN, target_choice_BN, best_B, max_depth)
-
-
-def _result(tokens_BN, parents_BN, depth_BN, choice_BN, best_B, max_depth) -> AcceptResult:
-    """Path, accept length, bonus and emitted tokens for the deepest accepted node best_B."""
-    B = tokens_BN.shape[0]
-    P = max_depth + 1
-    accepted_B = depth_BN.gather(1, best_B[:, None])[:, 0]
-    path_BP = torch.full((B, P + 1), PAD_NODE, dtype=torch.int64, device=tokens_BN.device)
-    node_B = best_B
-    for k in range(P):  # walk up from the deepest accepted node; row slot = its depth
-        slot_B = torch.where(accepted_B - k >= 0, accepted_B - k, P)  # P = scratch column
-        path_BP.scatter_(1, slot_B[:, None], node_B[:, None])
-        node_B = torch.where(parents_BN.gather(1, node_B[:, None])[:, 0] >= 0,
-                             parents_BN.gather(1, node_B[:, None])[:, 0], node_B)
-    path_BP = path_BP[:, :P]
-    bonus_B = choice_BN.gather(1, best_B[:, None])[:, 0]
-    live_BP = path_BP != PAD_NODE
-    tok_BP = torch.where(live_BP, tokens_BN.gather(1, path_BP.clamp(min=0)), PAD_TOKEN)
+    # ok nodes: the root and at most one child of each ok node, so slot = depth places the path (P = scratch).
+    path_BP = torch.full((B, P + 1), PAD_NODE, dtype=torch.int64, device=device)
+    path_BP = path_BP.scatter_(1, torch.where(ok_BN, depth_BN, P), idx_BN)[:, :P]
+    accepted_B = ok_BN.sum(1) - 1
+    best_B = path_BP.gather(1, accepted_B[:, None])[:, 0]
+    bonus_B = target_choice_BN.gather(1, best_B[:, None])[:, 0]
+    tok_BP = torch.where(path_BP != PAD_NODE, tokens_BN.gather(1, path_BP.clamp(min=0)), PAD_TOKEN)
     # emitted = path tokens without the root, then the bonus at slot `accepted`.
     emitted_BP = torch.cat([tok_BP[:, 1:], torch.full_like(tok_BP[:, :1], PAD_TOKEN)], 1)
     emitted_BP.scatter_(1, accepted_B[:, None], bonus_B[:, None])
@@ -140,7 +133,8 @@ def target_probs(
     if top_p_B is not None:
         sorted_p = sorted_p / sorted_p.sum(-1, keepdim=True)
         before = torch.cumsum(sorted_p, -1) - sorted_p  # mass strictly before each token
-        keep &= before < top_p_B.float()[:, None, None]
+        # the most likely token always stays (top_p <= 0 would otherwise keep nothing: NaN probabilities)
+        keep &= (before < top_p_B.float()[:, None, None]) | (torch.arange(V, device=probs.device) == 0)
         sorted_p = sorted_p * keep
     sorted_p = sorted_p / sorted_p.sum(-1, keepdim=True)
     return torch.zeros_like(probs).scatter_(-1, order, sorted_p)

@@ -59,7 +59,7 @@ def _tree_build_kernel(
         new_N = (j_N >= 0) & (j_N < c)
         row = topk_logprobs_ptr + (b * L + d) * K
         lp_N = tl.load(row + j_N, mask=new_N, other=0.0).to(tl.float64)
-        lp_N = tl.maximum(lp_N, _LOGPROB_FLOOR)
+        lp_N = tl.minimum(tl.maximum(lp_N, _LOGPROB_FLOOR), 0.0)  # == the twins: clamp to [FLOOR, 0]
         tok_N = tl.load(topk_tokens_ptr + (b * L + d) * K + j_N, mask=new_N, other=0).to(tl.int64)
         score_N = tl.where(new_N, best + lp_N, score_N)
         depth_N = tl.where(new_N, d + 1, depth_N)
