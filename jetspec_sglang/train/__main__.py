@@ -1,0 +1,145 @@
+"""CLI: python -m jetspec_sglang.train {regenerate, cache, fit, eval} ... (argparse -> frozen dataclass -> one call).
+
+  regenerate  target-aligned responses for train-split prompts (train/regenerate.py)
+  cache       target taps + top-k teacher log-probs of the regenerated sequences (train/cache.py)
+  fit         distil a draft head from the cache (train/loop.py); --resume continues a run
+  eval        per-depth greedy agreement of a saved head on the held-out cache slice (train/evaluate.py)
+Large outputs go under ${JETSPEC_CACHE:-~/.cache/jetspec_sglang}/train/. Imports no sglang.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import sys
+
+from jetspec_sglang.models import cache_root
+
+
+def _default(sub: str) -> str:
+    return str(cache_root() / "train" / sub)
+
+
+def _add_regenerate(sub) -> None:
+    p = sub.add_parser("regenerate", help="regenerate assistant responses with the target")
+    p.add_argument("--model", default="smollm2", help="prepared model name or HF folder (default smollm2)")
+    p.add_argument("--out", default=_default("data/smollm2"), help="run dir for responses.jsonl")
+    p.add_argument("--plan", default="gsm8k:1000:0,humaneval:100:0,humaneval:100:0.7,sharegpt:2500:0",
+                   help="DATASET:COUNT:TEMPERATURE,... (0 = greedy)")
+    p.add_argument("--max-new-tokens", type=int, default=320)
+    p.add_argument("--max-prompt-len", type=int, default=384)
+    p.add_argument("--num-slots", type=int, default=48)
+    p.add_argument("--max-total-tokens", type=int, default=0, help="response-token budget (0 = whole plan)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1)
+
+
+def _model_path(name: str) -> str:
+    from jetspec_sglang.models import MODEL_DIRNAMES, prepare_model
+
+    return str(prepare_model(name)) if name in MODEL_DIRNAMES else name
+
+
+def _run_regenerate(a) -> None:
+    from jetspec_sglang.train.regenerate import RegenerateConfig, parse_plan, regenerate
+
+    regenerate(RegenerateConfig(model=_model_path(a.model), out_dir=a.out, plan=parse_plan(a.plan),
+                                max_new_tokens=a.max_new_tokens, max_prompt_len=a.max_prompt_len,
+                                num_slots=a.num_slots, max_total_tokens=a.max_total_tokens, seed=a.seed,
+                                threads=a.threads))
+
+
+def _add_cache(sub) -> None:
+    p = sub.add_parser("cache", help="run the target once: taps + top-k teacher of every regenerated sequence")
+    p.add_argument("--model", default="smollm2")
+    p.add_argument("--responses", default=_default("data/smollm2/responses.jsonl"))
+    p.add_argument("--out", default=_default("cache/smollm2"))
+    p.add_argument("--layer-ids", default="1,10,18,27", help="tapped target layers, comma-separated")
+    p.add_argument("--top-k", type=int, default=32)
+    p.add_argument("--held-out-percent", type=int, default=3)
+    p.add_argument("--threads", type=int, default=1)
+
+
+def _run_cache(a) -> None:
+    from jetspec_sglang.train.cache import CacheConfig, build_cache
+
+    build_cache(CacheConfig(model=_model_path(a.model), responses=a.responses, out_dir=a.out,
+                            layer_ids=_ints(a.layer_ids), top_k=a.top_k, held_out_percent=a.held_out_percent,
+                            threads=a.threads))
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in text.split(",") if x.strip())
+
+
+def _add_fit(sub) -> None:
+    from jetspec_sglang.train.loop import FitConfig
+
+    d = FitConfig(cache_dir="", out_dir="", model="")
+    p = sub.add_parser("fit", help="distil a draft head from the cache")
+    p.add_argument("--cache", default=_default("cache/smollm2"))
+    p.add_argument("--out", required=True, help="run directory (checkpoints, metrics, curve, head/)")
+    p.add_argument("--model", default="smollm2")
+    p.add_argument("--head-type", choices=("causal", "bidirectional"), default=d.head_type)
+    p.add_argument("--target-layer-ids", default="", help="subset of the cached taps (default: all)")
+    p.add_argument("--export", default=None, help="also write the final head here (official layout, bf16)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    for field in dataclasses.fields(FitConfig):
+        if field.name in ("cache_dir", "out_dir", "model", "head_type", "target_layer_ids"):
+            continue
+        kind = float if field.name == "depth_decay" else type(field.default)
+        choices = ("target-layers", "random") if field.name == "init" else None
+        p.add_argument("--" + field.name.replace("_", "-"), type=kind, default=field.default, choices=choices)
+
+
+def _run_fit(a) -> None:
+    from jetspec_sglang.train.loop import FitConfig, export_head, fit
+
+    names = {f.name for f in dataclasses.fields(FitConfig)} - {"cache_dir", "out_dir", "model", "target_layer_ids"}
+    cfg = FitConfig(cache_dir=a.cache, out_dir=a.out, model=_model_path(a.model),
+                    target_layer_ids=_ints(a.target_layer_ids), **{n: getattr(a, n) for n in names})
+    out = fit(cfg, resume=a.resume)
+    if a.export and (out / "head").exists():
+        from jetspec_sglang.draft_head import load_draft_head
+
+        export_head(load_draft_head(out / "head"), a.export)
+
+
+def _add_eval(sub) -> None:
+    p = sub.add_parser("eval", help="per-depth greedy agreement of a saved head on the held-out cache slice")
+    p.add_argument("--head", required=True, help="head directory (config.json + model.safetensors)")
+    p.add_argument("--cache", default=_default("cache/smollm2"))
+    p.add_argument("--model", default="smollm2")
+    p.add_argument("--anchor-stride", type=int, default=2)
+    p.add_argument("--max-sequences", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", default=None, help="write the result JSON here")
+
+
+def _run_eval(a) -> None:
+    from jetspec_sglang.train.evaluate import EvalConfig, evaluate
+
+    result = evaluate(EvalConfig(head=a.head, cache_dir=a.cache, model=_model_path(a.model),
+                                 anchor_stride=a.anchor_stride, max_sequences=a.max_sequences, threads=a.threads,
+                                 out=a.out))
+    print(json.dumps(result))  # the CLI's result, for shell pipelines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m jetspec_sglang.train", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_regenerate(sub)
+    _add_cache(sub)
+    _add_fit(sub)
+    _add_eval(sub)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    {"regenerate": _run_regenerate, "cache": _run_cache, "fit": _run_fit, "eval": _run_eval}[args.command](args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

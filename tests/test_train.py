@@ -1,0 +1,298 @@
+"""Training: the loss (zero iff student == teacher; fused == reference), decoding == HF generate, the cache
+round-trip, block/teacher alignment, the training mask against a per-block forward, training reduces the loss,
+resume continues bit-exactly, and the exported head loads with load_draft_head. Tiny random targets built here."""
+import json
+
+import pytest
+import torch
+from conftest import tol
+from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3ForCausalLM
+
+from jetspec_sglang.draft_head import load_draft_head
+from jetspec_sglang.draft_head_config import read_checkpoint
+from jetspec_sglang.taps import forward_with_taps
+from jetspec_sglang.train.blocks import make_batch, sample_anchors
+from jetspec_sglang.train.cache import CacheConfig, CacheReader, build_cache, teacher_topk
+from jetspec_sglang.train.decode import Request, decode_stream
+from jetspec_sglang.train.init_head import copy_target_layers
+from jetspec_sglang.train.loop import FitConfig, batch_for_step, build_head, fit, load_target_parts
+from jetspec_sglang.train.loss import depth_weights, forward_kl_fused, forward_kl_ref
+
+F32, F64, BF16 = tol(torch.float32), tol(torch.float64), tol(torch.bfloat16)
+VOCAB, MASK_ID, EOS = 96, 3, 2
+LAYERS = (0, 2)
+
+
+@pytest.fixture(autouse=True)
+def _seeded(seed):
+    return seed
+
+
+def tiny_target(family: str = "qwen3"):
+    torch.manual_seed(0)
+    if family == "qwen3":
+        cfg = Qwen3Config(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+                          num_key_value_heads=2, head_dim=8, vocab_size=VOCAB, eos_token_id=EOS, pad_token_id=EOS)
+        return Qwen3ForCausalLM(cfg).eval()
+    cfg = LlamaConfig(hidden_size=48, intermediate_size=64, num_hidden_layers=2, num_attention_heads=3,
+                      num_key_value_heads=1, head_dim=16, vocab_size=VOCAB, tie_word_embeddings=True,
+                      eos_token_id=EOS, pad_token_id=EOS)
+    return LlamaForCausalLM(cfg).eval()
+
+
+@pytest.fixture
+def tiny_run(tmp_path):
+    """A saved tiny target, a synthetic responses.jsonl and its cache (shared by the fit tests)."""
+    model = tiny_target()
+    with torch.no_grad():
+        model.model.norm.weight.fill_(8.0)  # sharp teacher distributions, so the KL has something to learn
+    model_dir = tmp_path / "target"
+    model.save_pretrained(model_dir)
+    gen = torch.Generator().manual_seed(1)
+    lines = []
+    for i in range(10):
+        p, n = int(torch.randint(4, 9, (1,), generator=gen)), int(torch.randint(6, 20, (1,), generator=gen))
+        ids = torch.randint(4, VOCAB, (p + n,), generator=gen).tolist()
+        lines.append(json.dumps({"key": f"syn/{i}@t0", "id": f"syn/{i}", "dataset": "syn", "split": "train",
+                                 "temperature": 0.0, "prompt_ids": ids[:p], "response_ids": ids[p:],
+                                 "finished": False}))
+    (tmp_path / "responses.jsonl").write_text("\n".join(lines) + "\n")
+    cache_dir = tmp_path / "cache"
+    build_cache(CacheConfig(model=str(model_dir), responses=str(tmp_path / "responses.jsonl"), out_dir=str(cache_dir),
+                            layer_ids=LAYERS, top_k=8, held_out_percent=20))
+    return dict(model=model, model_dir=model_dir, cache_dir=cache_dir, tmp=tmp_path)
+
+
+def fit_config(run, name: str, **kw) -> FitConfig:
+    args = dict(cache_dir=str(run["cache_dir"]), out_dir=str(run["tmp"] / name), model=str(run["model_dir"]),
+                num_layers=1, intermediate_size=48, num_heads=4, num_kv_heads=2, head_dim=8, block_size=4,
+                mask_token_id=MASK_ID, steps=12, seqs_per_step=3, anchors_per_seq=4, lr=3e-3, warmup_steps=2,
+                log_every=2, ckpt_every=4, chunk=7, init="random")
+    return FitConfig(**{**args, **kw})
+
+
+# --- loss ------------------------------------------------------------------------------------------------------------
+def test_forward_kl_is_zero_iff_student_equals_teacher():
+    z_V = torch.tensor([2.0, 1.0, 0.5, -1.0, -3.0, 0.0], dtype=torch.float64)
+    logp, ids, rest = teacher_topk(z_V[None], top_k=6)  # the full distribution: rest is empty
+    assert rest.item() == float("-inf")
+    kl = lambda s: forward_kl_ref(s[None], logp.double(), ids.long(), rest.double()).item()  # noqa: E731
+    assert abs(kl(z_V)) < 1e-12
+    assert abs(kl(z_V + 4.0)) < 1e-12  # a logit shift is the same distribution
+    for j in range(6):
+        bumped = z_V.clone()
+        bumped[j] += 0.3
+        assert kl(bumped) > 1e-4
+    # top-2 + rest: the KL of the coarsened distributions, zero iff the top-2 and the rest mass agree
+    logp2, ids2, rest2 = teacher_topk(z_V[None], top_k=2)
+    kl2 = lambda s: forward_kl_ref(s[None], logp2.double(), ids2.long(), rest2.double()).item()  # noqa: E731
+    assert abs(kl2(z_V)) < 1e-12
+    inside_rest = z_V.clone()
+    inside_rest[[2, 3]] = torch.logsumexp(z_V[[2, 3]], 0) - torch.log(torch.tensor(2.0, dtype=torch.float64))
+    assert abs(kl2(inside_rest)) < 1e-12  # moving mass inside the rest bucket is invisible by construction
+    moved = z_V.clone()
+    moved[0] -= 0.5
+    assert kl2(moved) > 1e-4
+
+
+def test_forward_kl_matches_a_direct_kl_when_the_teacher_is_full():
+    p_logits, q_logits = torch.randn(5, 11, dtype=torch.float64), torch.randn(5, 11, dtype=torch.float64)
+    logp, ids, rest = teacher_topk(p_logits, top_k=11)
+    want = torch.nn.functional.kl_div(q_logits.log_softmax(-1), p_logits.log_softmax(-1), log_target=True,
+                                      reduction="none").sum(-1)
+    torch.testing.assert_close(forward_kl_ref(q_logits, logp.double(), ids.long(), rest.double()), want, **F64)
+
+
+@pytest.mark.parametrize("top_k", [4, 40])
+def test_fused_loss_matches_reference_value_and_gradient(top_k):
+    n, m, v = 13, 24, 40
+    hidden = (torch.randn(n, m) * 2).requires_grad_()
+    weight = torch.randn(v, m) / m ** 0.5
+    logp, ids, rest = teacher_topk(torch.randn(n, v) * 2, top_k)
+    kl_f, argmax_f = forward_kl_fused(hidden, weight, logp, ids.long(), rest, chunk=5)
+    (kl_f * torch.arange(n)).sum().backward()
+    grad_f, hidden.grad = hidden.grad.clone(), None
+    logits = (hidden.to(torch.bfloat16) @ weight.to(torch.bfloat16).T).float()  # the fused path's matmul
+    kl_r = forward_kl_ref(logits, logp, ids.long(), rest)
+    (kl_r * torch.arange(n)).sum().backward()
+    torch.testing.assert_close(kl_f, kl_r.detach(), **F32)
+    assert torch.equal(argmax_f, logits.argmax(-1))
+    torch.testing.assert_close(grad_f, hidden.grad, **BF16)
+
+
+def test_depth_weights():
+    assert torch.equal(depth_weights(3, None), torch.ones(3))
+    torch.testing.assert_close(depth_weights(3, 1.0), torch.tensor([1.0, 0.36787944, 0.13533528]))
+
+
+# --- decoding --------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("family", ["qwen3", "llama"])
+def test_continuous_decoding_equals_hf_generate(family):
+    model = tiny_target(family)
+    gen = torch.Generator().manual_seed(2)
+    prompts = [torch.randint(4, VOCAB, (int(torch.randint(3, 12, (1,), generator=gen)),), generator=gen).tolist()
+               for _ in range(7)]
+    outs = {c.key: c for c in decode_stream(model, [Request(str(i), p) for i, p in enumerate(prompts)], num_slots=3,
+                                            max_new_tokens=9, eos_token_id=EOS, max_prompt_len=16)}
+    assert sorted(outs) == [str(i) for i in range(7)]
+    for i, p in enumerate(prompts):
+        ref = model.generate(torch.tensor([p]), max_new_tokens=9, do_sample=False, eos_token_id=EOS,
+                             pad_token_id=EOS)[0, len(p):].tolist()
+        got = outs[str(i)]
+        assert got.response_ids == ref[:len(got.response_ids)]
+        assert got.finished == (got.response_ids[-1] == EOS)
+        assert got.finished or len(got.response_ids) == 9
+
+
+def test_sampled_decoding_does_not_depend_on_the_batch():
+    model = tiny_target()
+    reqs = [Request(f"r{i}", [5 + i, 7, 9], temperature=1.0) for i in range(5)]
+    run = lambda rs, slots: {c.key: c.response_ids for c in decode_stream(  # noqa: E731
+        model, rs, num_slots=slots, max_new_tokens=6, eos_token_id=EOS, seed=3)}
+    assert run(reqs, 4) == run(reqs[::-1], 2)
+
+
+# --- cache and blocks ------------------------------------------------------------------------------------------------
+def test_cache_round_trip(tiny_run):
+    reader = CacheReader(tiny_run["cache_dir"])
+    records = [json.loads(line) for line in (tiny_run["tmp"] / "responses.jsonl").read_text().splitlines()]
+    assert len(reader.rows) == len(records) and reader.layer_ids == list(LAYERS)
+    assert len(reader.train_indices()) + len(reader.held_out_indices()) == len(records)
+    model = AutoModelForCausalLM.from_pretrained(tiny_run["model_dir"], dtype=torch.bfloat16).eval()  # as `cache`
+    for i in (0, 7):
+        seq, rec = reader.sequence(i), records[i]
+        ids = rec["prompt_ids"] + rec["response_ids"]
+        assert seq["tokens_S"].tolist() == ids and seq["resp_start"] == len(rec["prompt_ids"])
+        with torch.no_grad():
+            out, taps = forward_with_taps(model.model, LAYERS, torch.tensor([ids]))
+        assert torch.equal(seq["taps_SF"], taps[0])
+        logits = out.last_hidden_state[0, seq["resp_start"]:].float() @ model.lm_head.weight.float().T
+        logp, tid, rest = teacher_topk(logits, 8)
+        assert torch.equal(seq["teacher_ids_RK"], tid.long())
+        torch.testing.assert_close(seq["teacher_logp_RK"], logp, **F32)
+        torch.testing.assert_close(seq["teacher_rest_R"], rest, **F32)
+        total = torch.logsumexp(torch.cat([seq["teacher_logp_RK"], seq["teacher_rest_R"][:, None]], -1), -1)
+        torch.testing.assert_close(total, torch.zeros_like(total), atol=1e-5, rtol=0)  # top-K + rest = 1
+
+
+def synthetic_sequence(length: int, resp_start: int, k: int = 3) -> dict:
+    """Teacher row j carries its own position resp_start + j as ids[j, 0], so alignment is readable."""
+    rows = length - resp_start
+    ids = torch.arange(rows)[:, None] + resp_start + torch.zeros(1, k, dtype=torch.long)
+    return dict(tokens_S=torch.arange(100, 100 + length), taps_SF=torch.randn(length, 6).to(torch.bfloat16),
+                teacher_logp_RK=torch.randn(rows, k), teacher_ids_RK=ids, teacher_rest_R=torch.randn(rows),
+                resp_start=resp_start)
+
+
+def test_block_teacher_is_the_target_distribution_at_anchor_plus_k_minus_1():
+    seqs = [synthetic_sequence(12, 4), synthetic_sequence(9, 3)]
+    anchors = [torch.tensor([4, 7, 10]), torch.tensor([5])]
+    batch = make_batch(seqs, anchors, block_size=4, mask_token_id=MASK_ID, causal=True)
+    assert batch.taps_BSF.shape == (2, 12, 6) and batch.anchors_BA.tolist() == [[4, 7, 10], [5, 5, 5]]
+    assert batch.block_ids_BR[0].tolist() == [104, 3, 3, 3, 107, 3, 3, 3, 110, 3, 3, 3]
+    assert batch.positions_BR[1, :4].tolist() == [5, 6, 7, 8]
+    # slot (a, k) is valid iff token a + k exists; its teacher is position a + k - 1
+    assert batch.valid_BAL[0].tolist() == [[True] * 3, [True] * 3, [True, False, False]]
+    assert batch.valid_BAL[1].tolist() == [[True] * 3, [False] * 3, [False] * 3]  # padded anchors carry no loss
+    for b, a_list in ((0, [4, 7, 10]), (1, [5])):
+        for ai, a in enumerate(a_list):
+            for k in range(1, 4):
+                if batch.valid_BAL[b, ai, k - 1]:
+                    assert int(batch.teacher_ids_BALK[b, ai, k - 1, 0]) == a + k - 1
+
+
+def test_sample_anchors_stay_inside_the_response_with_a_token_after_them():
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        a = sample_anchors(5, 30, 8, gen)
+        assert len(a) == 8 and len(set(a.tolist())) == 8 and int(a.min()) >= 5 and int(a.max()) <= 28
+    assert sample_anchors(5, 9, 10, gen).tolist() == [5, 6, 7]
+    with pytest.raises(ValueError, match="no anchor"):
+        sample_anchors(5, 6, 3, gen)
+
+
+@pytest.mark.parametrize("head_type", ["causal", "bidirectional"])
+def test_training_mask_keeps_context_strictly_before_the_anchor(tiny_run, head_type):
+    """Every block of the many-block training forward equals the inference forward of that block alone, whose
+    context is exactly the taps of positions < anchor (so nothing at or after the anchor leaks in)."""
+    cfg = fit_config(tiny_run, "unused", head_type=head_type)
+    reader = CacheReader(tiny_run["cache_dir"])
+    target = load_target_parts(str(tiny_run["model_dir"]))
+    head = build_head(cfg, target, reader).double()
+    batch = batch_for_step(cfg, reader, reader.train_indices(), step=1)
+    with torch.no_grad():
+        embeds_BRM = target.embed_tokens(batch.block_ids_BR).double()
+        hidden_BRM = head.forward_blocks(head.project_context(batch.taps_BSF.double()), embeds_BRM,
+                                         batch.positions_BR, batch.allowed_B1RK)
+        b, a = batch.anchors_BA.shape
+        for bi in range(b):
+            for ai in range(a):
+                anchor = int(batch.anchors_BA[bi, ai])
+                cache = head.new_cache(1)
+                head.append_context(cache, batch.taps_BSF[bi:bi + 1, :anchor].double())
+                rows = slice(ai * cfg.block_size, (ai + 1) * cfg.block_size)
+                alone = head.forward_block(cache, embeds_BRM[bi:bi + 1, rows])
+                torch.testing.assert_close(hidden_BRM[bi:bi + 1, rows], alone, **F64)
+
+
+# --- the loop --------------------------------------------------------------------------------------------------------
+def test_a_few_steps_reduce_the_loss(tiny_run):
+    cfg = fit_config(tiny_run, "run", steps=30, log_every=5, ckpt_every=30, norm_init=1.0)
+    fit(cfg)
+    metrics = [json.loads(line) for line in (tiny_run["tmp"] / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert len(metrics) == 6 and len(metrics[0]["agree"]) == 3
+    assert metrics[-1]["loss"] < 0.7 * metrics[0]["loss"]
+    assert (tiny_run["tmp"] / "run" / "curve.png").stat().st_size > 0
+
+
+def test_resume_continues_from_the_same_step(tiny_run):
+    whole = fit_config(tiny_run, "whole")
+    fit(whole)
+    parts = fit_config(tiny_run, "parts", max_steps_this_run=5)
+    fit(parts)
+    state = torch.load(tiny_run["tmp"] / "parts" / "ckpt" / "state.pt", weights_only=False)
+    assert state["step"] == 5 and not (tiny_run["tmp"] / "parts" / "head").exists()
+    with pytest.raises(FileExistsError, match="--resume"):
+        fit(parts)
+    fit(fit_config(tiny_run, "parts"), resume=True)
+    _, want = read_checkpoint(tiny_run["tmp"] / "whole" / "head")
+    _, got = read_checkpoint(tiny_run["tmp"] / "parts" / "head")
+    assert all(torch.equal(want[k], got[k]) for k in want)
+    lines = (tiny_run["tmp"] / "parts" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == [2, 4, 5, 6, 8, 10, 12]  # + one where the first run stopped
+    with pytest.raises(ValueError, match="same arguments"):
+        fit(fit_config(tiny_run, "parts", lr=1e-2), resume=True)
+
+
+@pytest.mark.parametrize("head_type", ["causal", "bidirectional"])
+def test_saved_head_loads_with_load_draft_head(tiny_run, head_type):
+    fit(fit_config(tiny_run, head_type, head_type=head_type, steps=2))
+    head_dir = tiny_run["tmp"] / head_type / "head"
+    raw = json.loads((head_dir / "config.json").read_text())
+    assert raw["dtype"] == "bfloat16" and raw["dflash_config"]["causal_head"] == (head_type == "causal")
+    assert raw["dflash_config"]["target_layer_ids"] == list(LAYERS)
+    assert raw["dflash_config"]["mask_token_id"] == MASK_ID and raw["block_size"] == 4
+    head = load_draft_head(head_dir, target_config=tiny_run["model"].config)
+    state = torch.load(tiny_run["tmp"] / head_type / "ckpt" / "state.pt", weights_only=False)
+    for name, p in head.state_dict().items():
+        torch.testing.assert_close(p, state["head"][name].to(torch.bfloat16).float(), rtol=0, atol=0)
+
+
+def test_target_layer_init_reads_the_deepest_tap_with_the_next_layer(tiny_run):
+    cfg = fit_config(tiny_run, "unused", init="target-layers", target_layer_ids=(0,), intermediate_size=64)
+    reader = CacheReader(tiny_run["cache_dir"])
+    target = load_target_parts(str(tiny_run["model_dir"]))
+    head = build_head(cfg, target, reader)  # taps (0,) -> the draft layer copies target layer 1
+    source = target.layers[1]
+    for name in ("self_attn.q_proj", "mlp.down_proj", "input_layernorm", "post_attention_layernorm"):
+        assert torch.equal(head.layers[0].get_submodule(name).weight, source.get_submodule(name).weight.float())
+    x_SM = reader.sequence(0)["taps_SF"][:, :32].float()  # layer-0 output = the residual stream entering layer 1
+    with torch.no_grad():
+        ours = head.layers[0].self_attn.k_proj(head.project_context(x_SM))
+        theirs = source.self_attn.k_proj(source.input_layernorm(x_SM.to(torch.bfloat16))).float()
+    torch.testing.assert_close(ours, theirs, **BF16)  # context K (before k_norm) = the copied layer's own K
+    random_head = build_head(fit_config(tiny_run, "x", intermediate_size=64), target, reader)  # taps (0, 2)
+    with pytest.raises(ValueError, match="would copy target layers"):
+        copy_target_layers(random_head, target.layers, target.final_norm_weight_M, x_SM.repeat(1, 2))
+    with pytest.raises(ValueError, match="--intermediate-size"):
+        build_head(fit_config(tiny_run, "x", init="target-layers", target_layer_ids=(0,)), target, reader)
