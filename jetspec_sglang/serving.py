@@ -53,7 +53,7 @@ class ServerSpec:
     def command(self, port: int) -> list[str]:
         cmd = [sys.executable, "-m", "sglang.launch_server", "--model-path", self.model, "--device", self.device,
                "--host", "127.0.0.1", "--port", str(port), "--max-total-tokens", str(self.max_total_tokens),
-               "--skip-server-warmup"]
+               "--skip-server-warmup", "--sleep-on-idle"]  # an idle scheduler otherwise spins a core
         if self.device == "cpu":
             cmd += ["--mem-fraction-static", "0.05"]
         if self.dtype:
@@ -131,7 +131,8 @@ class Server:
                                          headers={"Content-Type": "application/json"})
         try:
             with urllib.request.urlopen(request, timeout=timeout) as r:
-                return r.status, json.loads(r.read())
+                body = r.read()  # some endpoints (/abort_request) answer 200 with an empty body
+                return r.status, (json.loads(body) if body.strip() else {})
         except urllib.error.HTTPError as e:
             body = e.read().decode(errors="replace")
             try:
