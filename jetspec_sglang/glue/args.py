@@ -38,6 +38,9 @@ def read_head_config(sa) -> dict:
             "e.g. the one shipped in jetspec_sglang/heads/)"
         )
     local = os.path.join(str(path), "config.json")
+    if not os.path.exists(str(path)) and (os.path.isabs(str(path)) or str(path).startswith((".", "~"))):
+        raise JetSpecArgError(f"--speculative-draft-model-path {path}: no such folder; give the folder of a JetSpec "
+                              "head (config.json + model.safetensors) or a hub id")
     if os.path.isdir(str(path)):
         if not os.path.isfile(local):
             raise JetSpecArgError(f"--speculative-draft-model-path {path}: no config.json there; point it at a "
@@ -86,6 +89,7 @@ def validate_server_args(sa) -> None:
     if "dflash_config" not in head:
         raise JetSpecArgError(f"--speculative-draft-model-path {sa.speculative_draft_model_path}: config.json has no "
                               f"dflash_config (architectures={archs}); JETSPEC needs a JetSpec/DFlash-format head")
+    check_head_files(sa, head)
     try:
         budget, depth = resolve_shape(sa, head)
         config_from_env(budget=budget, depth=depth)
@@ -129,6 +133,61 @@ def validate_server_args(sa) -> None:
     for bad, message in checks:
         if bad:
             raise JetSpecArgError(message)
+
+
+def check_head_files(sa, head: dict) -> None:
+    """The head's config against the target's config and, for a local head, its safetensors headers (keys and
+    shapes; no tensor data is read). SGLang would otherwise start with missing weights left uninitialised, or
+    fail only when the scheduler loads them."""
+    from jetspec_sglang.draft_head_config import DraftHeadConfig, DraftHeadError, check_against_target
+
+    path = sa.speculative_draft_model_path
+    try:
+        config = DraftHeadConfig.from_dict(head)
+    except (DraftHeadError, KeyError, TypeError, ValueError) as e:
+        raise JetSpecArgError(f"--speculative-draft-model-path {path}: config.json is not a usable JetSpec head "
+                              f"config ({type(e).__name__}: {e}); re-download or re-save the head") from None
+    from sglang.srt.utils.hf_transformers_utils import get_config
+
+    target = get_config(sa.model_path, trust_remote_code=bool(sa.trust_remote_code), revision=sa.revision)
+    try:
+        check_against_target(config, target)
+    except DraftHeadError as e:
+        raise JetSpecArgError(f"--speculative-draft-model-path {path} does not fit --model-path {sa.model_path}: "
+                              f"{e}") from None
+    if os.path.isdir(str(path)):
+        check_head_weights(str(path), config)
+
+
+def check_head_weights(path: str, config) -> None:
+    """Keys and shapes of every *.safetensors shard (header only) against the official layout of `config`."""
+    import glob
+
+    import torch
+    from safetensors import safe_open
+
+    from jetspec_sglang.draft_head_config import CHECKPOINT_PREFIX, IGNORED_KEY_SUFFIXES, DraftHeadError
+    from jetspec_sglang.draft_head_config import check_state_dict
+
+    files = sorted(glob.glob(os.path.join(path, "*.safetensors")))
+    if not files:
+        raise JetSpecArgError(f"--speculative-draft-model-path {path}: no *.safetensors file; the head's weights "
+                              "are missing (re-download the head; .bin checkpoints must be converted)")
+    shapes = {}
+    for file in files:
+        try:
+            with safe_open(file, framework="pt") as f:
+                for key in f.keys():
+                    name = key[len(CHECKPOINT_PREFIX):] if key.startswith(CHECKPOINT_PREFIX) else key
+                    if not name.endswith(IGNORED_KEY_SUFFIXES):
+                        shapes[name] = torch.empty(f.get_slice(key).get_shape(), device="meta")
+        except Exception as e:  # SafetensorError / OSError on a truncated or corrupt file; re-raised with the flag
+            raise JetSpecArgError(f"--speculative-draft-model-path {path}: {os.path.basename(file)} is corrupt or "
+                                  f"truncated ({type(e).__name__}: {e}); re-download or re-save the head") from None
+    try:
+        check_state_dict(config, shapes, f"--speculative-draft-model-path {path}")
+    except DraftHeadError as e:
+        raise JetSpecArgError(str(e)) from None
 
 
 def handle_server_args(sa) -> None:

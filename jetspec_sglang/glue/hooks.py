@@ -14,7 +14,9 @@ MODEL_CONFIG = "sglang.srt.configs.model_config.ModelConfig._config_draft_model"
 GRAPH_SPEC_INFO = "sglang.srt.model_executor.runner.decode_cuda_graph_runner.DecodeCudaGraphRunner.get_spec_info"
 EXTEND_KWARGS = "sglang.srt.model_executor.model_runner.ModelRunner._extend_forward_kwargs"
 VALIDATE_REQUEST = "sglang.srt.speculative.dflash_utils.validate_dflash_request"
+ALGO_ALIAS = "sglang.srt.arg_groups.speculative_hook._resolve_speculative_algorithm_alias"
 TORCH_NATIVE_EXTEND = "sglang.srt.layers.attention.torch_native_backend.TorchNativeAttnBackend.forward_extend"
+ROW_HEADROOM = "sglang.srt.mem_cache.allocation_sizing.get_req_to_token_extra_context_len"
 
 
 def is_jetspec(algo) -> bool:
@@ -82,6 +84,41 @@ def validate_request(original, req, enable_overlap, *args, **kwargs):
     return unsupported_reason(req)
 
 
+def resolve_algorithm_alias(original, speculative_algorithm, speculative_draft_model_path, *args, **kwargs):
+    """AROUND speculative_hook._resolve_speculative_algorithm_alias: SGLang reads the draft config there (its Gemma4
+    alias check, speculative_hook.py:93) before any algorithm validates its flags, so a missing folder, a folder
+    without config.json or a corrupt config.json would fail with a bare transformers error. JETSPEC has no alias:
+    read the head config with our messages (flag + fix) and return the name unchanged."""
+    if (speculative_algorithm or "").upper() != ALGO_NAME:
+        return original(speculative_algorithm, speculative_draft_model_path, *args, **kwargs)
+    from types import SimpleNamespace
+
+    from jetspec_sglang.glue.args import read_head_config
+
+    trust = args[0] if args else kwargs.get("trust_remote_code", False)
+    extra = (args[1] if len(args) > 1 else kwargs.get("kwargs")) or {}
+    read_head_config(SimpleNamespace(speculative_draft_model_path=speculative_draft_model_path,
+                                     trust_remote_code=trust,
+                                     speculative_draft_model_revision=extra.get("revision")))
+    return speculative_algorithm
+
+
+def widen_row_headroom(result, *args, **kwargs):
+    """AFTER get_req_to_token_extra_context_len: under JETSPEC the req_to_token row holds the spec-v2 decode
+    reservation. Each decode step reserves committed + 2N slots (dflash_info_v2.prepare_for_decode,
+    eagle_utils.eagle_prepare_for_decode), but at page size 1 the row is only context + 4 + N wide
+    (allocation_sizing.py:107; the widening at :114 covers page > 1 and UNO only). Near the context limit the
+    reservation ran past the row: the CPU assign dropped the slots and the GPU kernel writes into the next row,
+    so the slots were never freed (pool leak). Committed < context, so reserve + page - 1 of headroom suffices.
+    The worker checks the resulting row width at its first decode step (worker._check_row_headroom)."""
+    from sglang.srt.mem_cache.allocation_sizing import get_alloc_page_size, get_alloc_reserve_per_decode
+    from sglang.srt.runtime_context import get_spec
+
+    if (get_spec().speculative_algorithm or "").upper() != ALGO_NAME:
+        return result
+    return max(result, get_alloc_reserve_per_decode() + get_alloc_page_size() - 1)
+
+
 def register_hooks(on_cpu: bool) -> None:
     """Register (SGLang applies them at the end of load_plugins, in every process)."""
     from sglang.srt.plugins.hook_registry import HookRegistry, HookType
@@ -90,6 +127,8 @@ def register_hooks(on_cpu: bool) -> None:
     HookRegistry.register(GRAPH_SPEC_INFO, graph_spec_info, HookType.AROUND)
     HookRegistry.register(EXTEND_KWARGS, keep_embeds_dtype, HookType.AFTER)
     HookRegistry.register(VALIDATE_REQUEST, validate_request, HookType.AROUND)
+    HookRegistry.register(ALGO_ALIAS, resolve_algorithm_alias, HookType.AROUND)
+    HookRegistry.register(ROW_HEADROOM, widen_row_headroom, HookType.AFTER)
     if on_cpu:
         from jetspec_sglang.glue.cpu_attention import forward_extend_target_verify
 
@@ -99,4 +138,5 @@ def register_hooks(on_cpu: bool) -> None:
 def applied_hooks(on_cpu: bool) -> list[str]:
     """Targets that must be patched in this process; the worker checks them at start-up (apply_hooks only logs
     failures, so a hook that did not apply would otherwise surface as wrong tokens)."""
-    return [MODEL_CONFIG, GRAPH_SPEC_INFO, EXTEND_KWARGS, VALIDATE_REQUEST] + ([TORCH_NATIVE_EXTEND] if on_cpu else [])
+    return [MODEL_CONFIG, GRAPH_SPEC_INFO, EXTEND_KWARGS, VALIDATE_REQUEST, ALGO_ALIAS, ROW_HEADROOM] + \
+        ([TORCH_NATIVE_EXTEND] if on_cpu else [])

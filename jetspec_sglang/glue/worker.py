@@ -63,6 +63,7 @@ class JetSpecWorker(DFlashWorkerV2):
             if isinstance(module, LogitsProcessor):
                 module.defer_verify_gather = False
         self._target_logits_processor = None
+        self._row_headroom_checked = False  # the req_to_token pool is allocated after this worker is built
         logger.info("JETSPEC worker: budget=%d depth=%d width=%d algo=%s ladder=%s ops=%s", self.max_budget,
                     self.depth, self.jetspec.width, self.jetspec.tree_algo, self.jetspec.budget_ladder or "off",
                     self.jetspec.backend)
@@ -89,6 +90,10 @@ class JetSpecWorker(DFlashWorkerV2):
     def _decode(self, batch, on_publish, grammar_barrier) -> GenerationBatchResult:
         bs, device = len(batch.seq_lens), self.device
         B, L = self.block_size, self.depth
+        if not self._row_headroom_checked:
+            _check_row_headroom(self.model_runner.req_to_token_pool.req_to_token,
+                                self.model_runner.model_config.context_len)
+            self._row_headroom_checked = True
         N = self.jetspec.budget_for_batch(bs)
         prefix_B = batch.seq_lens  # committed tokens (with target KV); the bonus is the uncached anchor
         bonus_B = batch.spec_info.bonus_tokens.view(-1)
@@ -217,6 +222,18 @@ class JetSpecWorker(DFlashWorkerV2):
             new_seq_lens=new_seq_lens, routed_experts_output=target_out.routed_experts_output,
             indexer_topk_output=target_out.indexer_topk_output, extra_keep_alive_refs=[verify_batch],
         )
+
+
+def _check_row_headroom(req_to_token: torch.Tensor, context_len: int) -> None:
+    """Each decode step reserves committed + 2N KV slots in the request's req_to_token row (committed < context);
+    a narrower row drops (CPU) or misplaces (GPU) the slots past its end, which then leak at release. The
+    widen_row_headroom hook (glue/hooks.py) sizes the row; fail at start-up if it did not take effect."""
+    from sglang.srt.mem_cache.allocation_sizing import get_alloc_page_size, get_alloc_reserve_per_decode
+
+    need = context_len + get_alloc_reserve_per_decode() + get_alloc_page_size() - 1
+    if req_to_token.shape[1] < need:
+        raise RuntimeError(f"JETSPEC: req_to_token rows are {req_to_token.shape[1]} wide, the decode reservation "
+                           f"needs {need} (context {context_len}); the hook on {hooks.ROW_HEADROOM} did not apply")
 
 
 def _check_hooks_applied(on_cpu: bool) -> None:
