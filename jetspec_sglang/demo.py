@@ -2,7 +2,7 @@
 
 Starts a plain server and a JETSPEC server one after the other on 127.0.0.1, sends the same held-out GSM8K and
 HumanEval prompts (greedy) to both, and prints accept length, tokens/s and whether the outputs are identical.
-    python -m jetspec_sglang.demo [--prompts 6] [--max-new-tokens 128] [--budget 16] [--depth 15] [--json]
+    python -m jetspec_sglang.demo [--prompts 6] [--max-new-tokens 128] [--budget 16] [--depth 7] [--json]
 """
 from __future__ import annotations
 
@@ -46,7 +46,8 @@ def parse_args(argv=None) -> DemoArgs:
     p.add_argument("--prompts", type=int, default=6, help="held-out prompts, half GSM8K, half HumanEval")
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--budget", type=int, default=16, help="tree nodes incl. root (--speculative-num-draft-tokens)")
-    p.add_argument("--depth", type=int, default=15, help="draft depth (--speculative-num-steps)")
+    p.add_argument("--depth", type=int, default=7,
+                   help="draft depth (--speculative-num-steps); a causal head drafts a shorter block exactly")
     p.add_argument("--width", type=int, default=4, help="per-depth top-k (JETSPEC_TREE_WIDTH)")
     p.add_argument("--json", dest="as_json", action="store_true", help="print one JSON object")
     p.add_argument("--log-dir", default=None, help="where the server logs go (default: a temp dir)")

@@ -144,3 +144,19 @@ def test_frontend_program_and_openai_client(jetspec_server, plain_server, smollm
         model=smollm2_dir, messages=[{"role": "user", "content": "Say hi."}], max_tokens=16, temperature=0)
     assert chat.choices[0].message.content == ref.choices[0].message.content
     assert chat.usage.completion_tokens > 0
+
+
+def test_budget_ladder_identical_to_plain(smollm2_dir, smollm2_head, server_logs, plain_outputs, prompts):
+    """JETSPEC_BUDGET_LADDER 1:16,2:4,4:1 at depth 7: as requests finish the running batch walks 8 -> 1 through
+    budget 1 (no draft), budget 4 (< L + 1) and budget 16; every output still equals plain decoding."""
+    from jetspec_sglang.serving import Server, ServerSpec
+
+    spec = ServerSpec(model=smollm2_dir, head=smollm2_head, budget=16, depth=7,
+                      env={"JETSPEC_BUDGET_LADDER": "1:16,2:4,4:1", "JETSPEC_TREE_WIDTH": "4"})
+    server = Server(spec, server_logs / "jetspec-ladder.log").start()
+    try:
+        outs = _run(server, prompts[:8], 8)
+    finally:
+        server.stop()
+    for i, (spec_out, plain) in enumerate(zip(outs, plain_outputs)):
+        assert spec_out["output_ids"] == plain["output_ids"], f"prompt {i} differs under the budget ladder"

@@ -201,7 +201,10 @@ class JetSpecWorker(DFlashWorkerV2):
             on_publish(new_seq_lens)
         if batch.return_logprob:
             compute_spec_logprobs(batch, logits_output, predict, accept_index=accept_index)
-        predict = _finalize_accept_tree_path(batch, accept_index, accept_lens, predict, logits_output, bs,
+        # accept_index is [bs, L + 1] (-1 padded); a path has at most N nodes, and SGLang's compaction writes the
+        # first L + 1 entries into each request's N-wide block, so a ladder budget N < L + 1 passes N columns.
+        path_index = accept_index[:, :N] if N < accept_index.shape[1] else accept_index
+        predict = _finalize_accept_tree_path(batch, path_index, accept_lens, predict, logits_output, bs,
                                              token_to_kv_pool_allocator=self.target_worker.model_runner
                                              .token_to_kv_pool_allocator, num_draft_tokens=N)
         bonus_B = predict.view(bs, N).gather(1, (accept_lens.to(torch.int64) - 1)[:, None])[:, 0]
