@@ -89,7 +89,7 @@ def resolve_algorithm_alias(original, speculative_algorithm, speculative_draft_m
     alias check, speculative_hook.py:93) before any algorithm validates its flags, so a missing folder, a folder
     without config.json or a corrupt config.json would fail with a bare transformers error. JETSPEC has no alias:
     read the head config with our messages (flag + fix) and return the name unchanged."""
-    if (speculative_algorithm or "").upper() != ALGO_NAME:
+    if not is_jetspec(speculative_algorithm):
         return original(speculative_algorithm, speculative_draft_model_path, *args, **kwargs)
     from types import SimpleNamespace
 
@@ -111,12 +111,18 @@ def widen_row_headroom(result, *args, **kwargs):
     reservation ran past the row: the CPU assign dropped the slots and the GPU kernel writes into the next row,
     so the slots were never freed (pool leak). Committed < context, so reserve + page - 1 of headroom suffices.
     The worker checks the resulting row width at its first decode step (worker._check_row_headroom)."""
-    from sglang.srt.mem_cache.allocation_sizing import get_alloc_page_size, get_alloc_reserve_per_decode
     from sglang.srt.runtime_context import get_spec
 
-    if (get_spec().speculative_algorithm or "").upper() != ALGO_NAME:
+    if not is_jetspec(get_spec().speculative_algorithm):
         return result
-    return max(result, get_alloc_reserve_per_decode() + get_alloc_page_size() - 1)
+    return max(result, row_headroom())
+
+
+def row_headroom() -> int:
+    """Slots a req_to_token row needs beyond the context: the decode reservation plus page rounding."""
+    from sglang.srt.mem_cache.allocation_sizing import get_alloc_page_size, get_alloc_reserve_per_decode
+
+    return get_alloc_reserve_per_decode() + get_alloc_page_size() - 1
 
 
 def register_hooks(on_cpu: bool) -> None:

@@ -203,8 +203,7 @@ class JetSpecWorker(DFlashWorkerV2):
             compute_spec_logprobs(batch, logits_output, predict, accept_index=accept_index)
         # accept_index is [bs, L + 1] (-1 padded); a path has at most N nodes, and SGLang's compaction writes the
         # first L + 1 entries into each request's N-wide block, so a ladder budget N < L + 1 passes N columns.
-        path_index = accept_index[:, :N] if N < accept_index.shape[1] else accept_index
-        predict = _finalize_accept_tree_path(batch, path_index, accept_lens, predict, logits_output, bs,
+        predict = _finalize_accept_tree_path(batch, accept_index[:, :N], accept_lens, predict, logits_output, bs,
                                              token_to_kv_pool_allocator=self.target_worker.model_runner
                                              .token_to_kv_pool_allocator, num_draft_tokens=N)
         bonus_B = predict.view(bs, N).gather(1, (accept_lens.to(torch.int64) - 1)[:, None])[:, 0]
@@ -230,10 +229,8 @@ class JetSpecWorker(DFlashWorkerV2):
 def _check_row_headroom(req_to_token: torch.Tensor, context_len: int) -> None:
     """Each decode step reserves committed + 2N KV slots in the request's req_to_token row (committed < context);
     a narrower row drops (CPU) or misplaces (GPU) the slots past its end, which then leak at release. The
-    widen_row_headroom hook (glue/hooks.py) sizes the row; fail at start-up if it did not take effect."""
-    from sglang.srt.mem_cache.allocation_sizing import get_alloc_page_size, get_alloc_reserve_per_decode
-
-    need = context_len + get_alloc_reserve_per_decode() + get_alloc_page_size() - 1
+    widen_row_headroom hook (glue/hooks.py) sizes the row; fail at the first decode step if it did not."""
+    need = context_len + hooks.row_headroom()
     if req_to_token.shape[1] < need:
         raise RuntimeError(f"JETSPEC: req_to_token rows are {req_to_token.shape[1]} wide, the decode reservation "
                            f"needs {need} (context {context_len}); the hook on {hooks.ROW_HEADROOM} did not apply")
