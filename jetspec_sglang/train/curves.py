@@ -26,7 +26,11 @@ def plot_curves(metrics_path: str | pathlib.Path, png_path: str | pathlib.Path, 
     if not recs:
         return
     steps = [r["step"] for r in recs]
-    held = [r for r in read_metrics(metrics_path) if "heldout" in r]
+    seen, held = 0, []
+    for r in read_metrics(metrics_path):
+        seen = r.get("supervised_positions", seen)
+        if "heldout" in r:
+            held.append({**r, "supervised_positions": seen})
     fig, axes = plt.subplots(1, 3 if held else 2, figsize=(16 if held else 11, 4))
     ax_loss, ax_agree = axes[0], axes[1]
     ax_loss.plot(steps, [r["loss"] for r in recs], lw=1)
@@ -41,7 +45,10 @@ def plot_curves(metrics_path: str | pathlib.Path, png_path: str | pathlib.Path, 
     ax_agree.legend(fontsize=8)
     if held:  # online runs: held-out scores against supervised positions seen (the learning curve)
         ax_held = axes[2]
-        x = [r.get("supervised_positions", r["step"]) for r in held]
+        x, last = [], 0
+        for r in held:  # a final held-out line written without the count reuses the last count seen
+            last = r.get("supervised_positions", last)
+            x.append(last)
         ax_held.plot(x, [r["heldout"]["agree"][0] for r in held], "o-", lw=1, label="held-out agreement d1")
         ax_tau = ax_held.twinx()
         for n in held[-1]["heldout"]["tau"]:

@@ -256,8 +256,9 @@ def train_online(cfg: OnlineConfig, resume: bool = False) -> pathlib.Path:
         if window.steps:
             seen += window.positions() * world
             _append(metrics_path, window.flush(step, lr, elapsed0 + time.time() - t_run, seen))
-        final = {"step": step, "heldout": _evaluate(head, target, layer_ids, eval_batch)} if eval_batch is not None \
-            else {"step": step}
+        final = {"step": step, "supervised_positions": seen}
+        if eval_batch is not None:
+            final["heldout"] = _evaluate(head, target, layer_ids, eval_batch)
         _append(metrics_path, final)
         _save_state(state_path, step, head, opt, cfg, elapsed0 + time.time() - t_run, seen, schedule_start)
         state = _export(head, out, cfg, step, elapsed0 + time.time() - t_run, seen, len(train), final)
