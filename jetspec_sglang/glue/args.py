@@ -190,10 +190,39 @@ def check_head_weights(path: str, config) -> None:
         raise JetSpecArgError(str(e)) from None
 
 
+def target_dtype_name(sa) -> str:
+    """The dtype SGLang gives the target for this --dtype (model_config.py _get_and_verify_dtype), as a flag value."""
+    import torch
+    from sglang.srt.configs.model_config import _get_and_verify_dtype
+    from sglang.srt.utils.hf_transformers_utils import get_config
+
+    target = get_config(sa.model_path, trust_remote_code=bool(sa.trust_remote_code), revision=sa.revision)
+    dtype = _get_and_verify_dtype(target.get_text_config(), sa.dtype or "auto")
+    names = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
+    if dtype not in names:
+        raise JetSpecArgError(f"--dtype {sa.dtype}: the target resolves to {dtype}; JETSPEC serves float32, "
+                              "float16 or bfloat16 targets; pass --dtype float16 or --dtype bfloat16")
+    return names[dtype]
+
+
+def resolve_dtype(sa, head: dict) -> None:
+    """Run the head in the target's dtype. SGLang resolves --dtype once per model config: with `auto` an fp32
+    target becomes float16 while a bf16 head stays bfloat16, and the first decode step then fails in the head's
+    fc (Half != BFloat16). Writing the target's resolved dtype makes both models (and the draft KV) agree; an
+    explicit --dtype already applies to both."""
+    if (sa.dtype or "auto") != "auto":
+        return
+    sa.dtype = target_dtype_name(sa)
+    head_dtype = head.get("dtype") or head.get("torch_dtype") or "float32"
+    logger.info("JETSPEC: --dtype auto resolves to %s for the target; the head (stored as %s) runs in %s too",
+                sa.dtype, head_dtype, sa.dtype)
+
+
 def handle_server_args(sa) -> None:
     """Defaults (speculative_hook.py:269): generic SGLang sizing expressed in JetSpec terms."""
     head = read_head_config(sa)
     budget, depth = resolve_shape(sa, head)
+    resolve_dtype(sa, head)
     sa.speculative_num_steps = depth  # generic sizing; accept_index width = depth + 1
     sa.speculative_num_draft_tokens = budget  # verify width and the 2N KV reservation per step
     sa.speculative_eagle_topk = 1  # avoids EAGLE's page>1 * topk over-reservation (allocation_sizing.py:52)
