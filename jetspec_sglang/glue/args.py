@@ -64,13 +64,14 @@ def read_head_config(sa) -> dict:
 
 
 def head_block_size(sa, head: dict) -> int:
-    """The head's block size with SGLang's precedence (dflash_utils.py:609): dflash_config.block_size, else the
-    top-level key."""
-    block = (head.get("dflash_config") or {}).get("block_size", head.get("block_size"))
-    if isinstance(block, bool) or not isinstance(block, int) or block < 2:
-        raise JetSpecArgError(f"--speculative-draft-model-path {sa.speculative_draft_model_path}: block_size="
-                              f"{block!r} in config.json; a JetSpec head needs an integer block_size >= 2")
-    return block
+    """The head's trained block with the official precedence (draft_head_config.block_size_of: top-level
+    block_size, then dflash_config.block_size)."""
+    from jetspec_sglang.draft_head_config import DraftHeadError, block_size_of
+
+    try:
+        return block_size_of(head)
+    except DraftHeadError as e:
+        raise JetSpecArgError(f"--speculative-draft-model-path {sa.speculative_draft_model_path}: {e}") from None
 
 
 def resolve_shape(sa, head: dict) -> tuple[int, int]:
@@ -96,9 +97,18 @@ def validate_server_args(sa) -> None:
     except ConfigError as e:
         raise JetSpecArgError(str(e)) from None
     block = head_block_size(sa, head)
+    causal = bool((head.get("dflash_config") or {}).get("causal_head", False))
+    if depth > block - 1 and causal:
+        # The official engine drafts block = depth + 1 whatever the head's block_size; a block-causal head's row d
+        # never sees rows > d, so deeper rows only meet positions it was not trained at.
+        logger.warning("--speculative-num-steps %d exceeds the head's trained depth block_size-1=%d: draft positions "
+                       "past %d are extrapolated (acceptance there may be low); greedy output is unaffected", depth,
+                       block - 1, block - 1)
     checks = [
-        (depth > block - 1, f"--speculative-num-steps {depth} exceeds the head's trained depth block_size-1={block - 1}; "
-                            f"use --speculative-num-steps <= {block - 1}"),
+        (depth > block - 1 and not causal,
+         f"--speculative-num-steps {depth} exceeds the bidirectional head's trained depth block_size-1={block - 1} "
+         f"(every row of its block attends to every other, so a longer block changes all of them); use "
+         f"--speculative-num-steps <= {block - 1}"),
         (budget < depth + 1, f"--speculative-num-draft-tokens {budget} < depth + 1 = {depth + 1}: the tree cannot hold "
                              "one full path; raise the budget or lower --speculative-num-steps"),
         (budget > MAX_BUDGET, f"--speculative-num-draft-tokens {budget} exceeds SGLang's tree-verify limit {MAX_BUDGET}"),
