@@ -255,8 +255,39 @@ def handle_server_args(sa) -> None:
         sa.cuda_graph_config = with_phase(current, Phase.DECODE, backend=Backend.DISABLED)
         logger.warning("JETSPEC_BUDGET_LADDER=%s: decode CUDA graphs are disabled (one captured width cannot "
                        "serve several budgets); unset the ladder to keep graphs", ladder)
+    elif not _is_cpu(sa):
+        cap_graph_batch(sa, budget, int(head["vocab_size"]))
     logger.info("JETSPEC budget=%d depth=%d width=%s head=%s", budget, depth,
                 os.environ.get("JETSPEC_TREE_WIDTH", "7 (default)"), sa.speculative_draft_model_path)
+
+
+def cap_graph_batch(sa, budget: int, vocab: int) -> None:
+    """Cap the captured decode batch sizes so the target verify graph's logits buffer [max_bs * N, V] fp32 stays
+    within limits.GRAPH_LOGITS_BUDGET (larger batches run eagerly). Explicit --cuda-graph-max-bs-decode /
+    --cuda-graph-bs-decode are kept, with a warning of the cost."""
+    from sglang.srt.model_executor.cuda_graph_config import Backend, CudaGraphConfig, Phase, with_phase
+
+    from jetspec_sglang.glue.limits import FP32_BYTES, GIB, GRAPH_LOGITS_BUDGET, graph_batch_cap
+
+    current = sa.cuda_graph_config or CudaGraphConfig()
+    decode = current.decode
+    if decode.backend == Backend.DISABLED:
+        return
+    cap = graph_batch_cap(budget, vocab)
+    max_bs = decode.max_bs or (max(decode.bs) if decode.bs else None) or sa.max_running_requests
+    if max_bs is None or max_bs <= cap:
+        return
+    cost = max_bs * budget * vocab * FP32_BYTES / GIB
+    if sa.cuda_graph_max_bs_decode is not None or sa.cuda_graph_bs_decode is not None:
+        logger.warning("JETSPEC: captured decode batches up to %d keep a %.1f GiB verify logits buffer "
+                       "([max_bs x N, V] fp32, N=%d); --cuda-graph-max-bs-decode %d would keep it under %d GiB",
+                       max_bs, cost, budget, cap, GRAPH_LOGITS_BUDGET // GIB)
+        return
+    bs = [b for b in decode.bs if b <= cap] if decode.bs else None
+    sa.cuda_graph_config = with_phase(current, Phase.DECODE, max_bs=cap, bs=bs or None)
+    logger.warning("JETSPEC: decode CUDA graphs captured up to batch %d (not %d): the verify graph's logits buffer "
+                   "[max_bs x N, V] fp32 would take %.1f GiB at N=%d; larger batches run eagerly. Set "
+                   "--cuda-graph-max-bs-decode to override", cap, max_bs, cost, budget)
 
 
 def _dp_attention(sa) -> bool:
