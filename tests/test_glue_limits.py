@@ -110,3 +110,13 @@ def test_dflash_block_size_lines_are_dropped_and_others_kept():
     assert not drop.filter(record("DFLASH block size mismatch: using speculative_num_draft_tokens=%s but ..."))
     assert not drop.filter(record("Initialized DFLASH draft runner. attention_backend=%s, model=%s, block_size=%s"))
     assert drop.filter(record("DFLASH draft runner ready. mask_token=%s"))
+
+
+def test_flat_gives_contiguous_index_tensors_for_single_column_windows():
+    """Ladder budget 1: window_BW[:, :1].reshape(-1) is a strided view (stride W), which SGLang's Triton kernels
+    (and the strict CPU stand-ins) would misread; worker.flat returns the same values contiguously."""
+    window_BW = torch.arange(40).view(8, 5)
+    assert not window_BW[:, :1].reshape(-1).is_contiguous()  # the trap
+    for width in (1, 2, 5):
+        got = worker.flat(window_BW[:, :width])
+        assert got.is_contiguous() and torch.equal(got, window_BW[:, :width].reshape(-1))

@@ -117,7 +117,7 @@ class JetSpecWorker(DFlashWorkerV2):
 
         def plan(width):
             return translator.plan(req_pool_indices=batch.req_pool_indices, seq_lens=prefix_B,
-                                   seq_lens_cpu=host_bound_B, write_virtual=window_BW[:, :width].reshape(-1),
+                                   seq_lens_cpu=host_bound_B, write_virtual=flat(window_BW[:, :width]),
                                    read_extent=width)
 
         backend = self.jetspec.backend
@@ -135,11 +135,11 @@ class JetSpecWorker(DFlashWorkerV2):
                                                  backend=backend)
         verify_plan = plan(N)
         verify_input = EagleVerifyInput(
-            draft_token=tree.tokens_BN.reshape(-1), custom_mask=custom_mask, positions=tm.positions_BN.reshape(-1),
+            draft_token=flat(tree.tokens_BN), custom_mask=custom_mask, positions=flat(tm.positions_BN),
             retrieve_index=tm.retrieve_index_BN, retrieve_next_token=tm.first_child_BN,
             retrieve_next_sibling=tm.next_sibling_BN, retrieve_cum_len=None,
             spec_steps=L, topk=-1, draft_token_num=N, capture_hidden_mode=CaptureHiddenMode.FULL,
-            seq_lens_sum=None, seq_lens_cpu=None, prepared_out_cache_loc=window_BW[:, :N].reshape(-1),
+            seq_lens_sum=None, seq_lens_cpu=None, prepared_out_cache_loc=flat(window_BW[:, :N]),
             kv_loc_plan=verify_plan,
         )
         return self._verify_and_commit(batch, verify_input, verify_plan, prefix_B, host_bound_B, N,
@@ -168,7 +168,7 @@ class JetSpecWorker(DFlashWorkerV2):
         seq_lens_cpu = host_bound_B.to(torch.int32)
         forward_batch = ForwardBatch(
             forward_mode=ForwardMode.TARGET_VERIFY, batch_size=bs, input_ids=block_ids_BQ.reshape(-1),
-            req_pool_indices=batch.req_pool_indices, seq_lens=prefix_B, out_cache_loc=block_loc_BQ.reshape(-1),
+            req_pool_indices=batch.req_pool_indices, seq_lens=prefix_B, out_cache_loc=flat(block_loc_BQ),
             seq_lens_sum=int(seq_lens_cpu.sum()), seq_lens_cpu=seq_lens_cpu,
             positions=(prefix_B[:, None] + self._block_pos_offsets).reshape(-1),
             input_embeds=embeds_TM.reshape(bs * B, -1),
@@ -238,6 +238,13 @@ class JetSpecWorker(DFlashWorkerV2):
             new_seq_lens=new_seq_lens, routed_experts_output=target_out.routed_experts_output,
             indexer_topk_output=target_out.indexer_topk_output, extra_keep_alive_refs=[verify_batch],
         )
+
+
+def flat(x_BW: torch.Tensor) -> torch.Tensor:
+    """x_BW as a contiguous [B * W] tensor. SGLang's Triton kernels read these index tensors as raw memory; a
+    column slice window_BW[:, :1] reshapes to a strided *view* ([8, 1] with row stride W -> (8,) with stride W),
+    which they would misread (seen at ladder budget 1, caught by the strict CPU stand-in)."""
+    return x_BW.reshape(-1).contiguous()
 
 
 class _DropDflashSizingLogs(logging.Filter):
