@@ -341,7 +341,8 @@ BAD_CHECKPOINTS = [  # (id, official_files kwargs, target config or None, messag
      ["target_hidden_size=32", "HiddenDimAdapter"]),
     ("no mask id", dict(cfg_edit=lambda c: c["dflash_config"].pop("mask_token_id")), None,
      ["mask_token_id is missing"]),
-    ("attention bias", dict(cfg_edit=_set("attention_bias", True)), None, ["attention_bias=True", "no attention biases"]),
+    ("attention bias", dict(cfg_edit=_set("attention_bias", True)), None,
+     ["attention_bias=True", "no attention biases"]),
     ("no block size", dict(cfg_edit=lambda c: c.pop("block_size")), None, ["block_size is missing"]),
 ]
 
@@ -365,7 +366,8 @@ def test_keys_copied_from_a_tied_target_are_ignored_with_a_log_line(tmp_path, ca
 def test_block_size_precedence(tmp_path, caplog):
     """Top-level block_size first (the official loader reads only it), dflash_config.block_size as the fallback;
     a disagreement is logged."""
-    official_files(tmp_path / "nested", cfg_edit=lambda c: c["dflash_config"].update(block_size=c.pop("block_size") // 2))
+    official_files(tmp_path / "nested",
+                   cfg_edit=lambda c: c["dflash_config"].update(block_size=c.pop("block_size") // 2))
     assert load_draft_head(tmp_path / "nested").config.block_size == 8
     official_files(tmp_path / "both", cfg_edit=_set("dflash_config.block_size", 8))
     with caplog.at_level("WARNING", logger="jetspec_sglang.draft_head_config"):

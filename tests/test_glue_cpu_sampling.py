@@ -140,7 +140,8 @@ def draw_two_tokens(name: str, n: int, steps: int, seed: int, wrong_child_probs:
     target_probs = probs_NV.expand(n, N, V_TOY).contiguous()
     tree_speculative_sampling_target_only(
         predicts=predicts, accept_index=accept_index, accept_token_num=accept_token_num,
-        candidates=torch.tensor([tokens]).expand(n, N).contiguous(), retrive_index=retrieve_index, retrive_next_token=first_child,
+        candidates=torch.tensor([tokens]).expand(n, N).contiguous(), retrive_index=retrieve_index,
+        retrive_next_token=first_child,
         retrive_next_sibling=next_sibling, uniform_samples=torch.rand(n, N, generator=gen),
         uniform_samples_for_final_sampling=torch.rand(n, generator=gen), target_probs=target_probs,
         draft_probs=torch.zeros_like(target_probs))

@@ -217,9 +217,9 @@ class JetSpecWorker(DFlashWorkerV2):
         # accept_index is [bs, L + 1] (-1 padded); a path has at most N nodes, and SGLang's compaction writes the
         # first L + 1 entries into each request's N-wide block, so a ladder budget N < L + 1 passes N columns -
         # contiguous: the Triton fill_accept_out_cache_loc reads raw memory, ignoring a slice's strides.
-        predict = _finalize_accept_tree_path(batch, accept_index[:, :N].contiguous(), accept_lens, predict, logits_output, bs,
-                                             token_to_kv_pool_allocator=self.target_worker.model_runner
-                                             .token_to_kv_pool_allocator, num_draft_tokens=N)
+        predict = _finalize_accept_tree_path(batch, accept_index[:, :N].contiguous(), accept_lens, predict,
+                                             logits_output, bs, token_to_kv_pool_allocator=self.target_worker
+                                             .model_runner.token_to_kv_pool_allocator, num_draft_tokens=N)
         bonus_B = predict.view(bs, N).gather(1, (accept_lens.to(torch.int64) - 1)[:, None])[:, 0]
         hidden = logits_output.hidden_states
         if hidden is None:
