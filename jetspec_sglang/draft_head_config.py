@@ -43,6 +43,26 @@ def default_target_layer_ids(num_target_layers: int, num_draft_layers: int) -> l
     return [int(round(1 + i * span / (num_draft_layers - 1))) for i in range(num_draft_layers)]
 
 
+def block_size_of(raw: dict[str, Any]) -> int:
+    """The head's trained block B (= L + 1) from a config.json dict, with the official precedence: the top-level
+    `block_size` (the only one the official loader reads, jetspec-method.md 3.2); `dflash_config.block_size` only
+    when the top level has none. (SGLang's DFLASH reads dflash_config first, dflash_utils.py:609; under JETSPEC
+    that reading only sizes DFLASH's start-up log, the worker sets the block itself.)
+    Example: {"block_size": 16, "dflash_config": {"block_size": 8}} -> 16 (and a warning)."""
+    top, nested = raw.get("block_size"), (raw.get("dflash_config") or {}).get("block_size")
+    if top is not None and nested is not None and top != nested:
+        logger.warning("config.json: block_size=%s and dflash_config.block_size=%s differ; using the top-level %s "
+                       "as the official loader does", top, nested, top)
+    block = top if top is not None else nested
+    if block is None:
+        raise DraftHeadError("config.json: block_size is missing; set the top-level block_size to the block the head "
+                             "was trained with (released heads: 16)")
+    if isinstance(block, bool) or not isinstance(block, int) or block < 2:
+        raise DraftHeadError(f"config.json: block_size={block!r} must be an integer >= 2 (anchor + at least one MASK "
+                             f"slot); released heads use 16")
+    return block
+
+
 @dataclasses.dataclass(frozen=True)
 class DraftHeadConfig:
     hidden_size: int  # M; must equal the target's hidden size (the head borrows its embedding and lm_head)
@@ -118,10 +138,12 @@ class DraftHeadConfig:
         if model_type != "qwen3":
             raise DraftHeadError(f"config.json: model_type={model_type!r}; official heads are Qwen3-style "
                                  f"(model_type \"qwen3\") whatever the target")
-        for key, ok in (("attention_bias", False), ("tie_word_embeddings", False)):
-            if d.pop(key, ok) != ok:
-                raise DraftHeadError(f"config.json: {key}={raw[key]!r} is not supported; the official head has "
-                                     f"{key}={ok}")
+        if d.pop("attention_bias", False):
+            raise DraftHeadError(f"config.json: attention_bias={raw['attention_bias']!r} is not supported; the "
+                                 f"official head has no attention biases (attention_bias=false)")
+        if d.pop("tie_word_embeddings", False):  # often copied from a tied target's config
+            logger.info("config.json: tie_word_embeddings=true ignored: the head has no embedding or lm_head of its "
+                        "own (it uses the target's), and the official loader ignores the key too")
         if d.get("hidden_act", "silu") != "silu":
             raise DraftHeadError(f"config.json: hidden_act={d['hidden_act']!r}; only the SwiGLU 'silu' MLP is "
                                  f"supported")
@@ -141,6 +163,8 @@ class DraftHeadConfig:
                                  f"default (unscaled, full-width neox) RoPE is supported")
         rope_theta = float(rope.get("rope_theta", d.pop("rope_theta", DEFAULT_ROPE_THETA)))
         d.pop("rope_theta", None)
+        block_size = block_size_of(raw)
+        d.pop("block_size", None)
         dflash = dict(d.pop("dflash_config", None) or {})
         causal_head = bool(dflash.pop("causal_head", False))
         is_causal = d.pop("is_causal", None)
@@ -164,7 +188,7 @@ class DraftHeadConfig:
             hidden_size=hidden, intermediate_size=int(d.pop("intermediate_size")), num_hidden_layers=n_layers,
             num_attention_heads=n_heads, num_key_value_heads=int(d.pop("num_key_value_heads", n_heads)),
             head_dim=int(d.pop("head_dim", None) or hidden // n_heads), vocab_size=int(d.pop("vocab_size")),
-            block_size=int(d.pop("block_size", 16)), target_layer_ids=tuple(ids),
+            block_size=block_size, target_layer_ids=tuple(ids),
             mask_token_id=int(dflash.pop("mask_token_id")), causal_head=causal_head,
             num_target_layers=None if num_target_layers is None else int(num_target_layers),
             rms_norm_eps=float(d.pop("rms_norm_eps", 1e-6)), rope_theta=rope_theta,

@@ -51,13 +51,15 @@ def tiny_target_config(**changes):
     return config
 
 
-def save_head(path, target_config=None, *, block_size: int = 8, target_layer_ids=None) -> pathlib.Path:
+def save_head(path, target_config=None, *, block_size: int = 8, target_layer_ids=None,
+              causal_head: bool = True) -> pathlib.Path:
     """A random one-layer JetSpec head (official layout) for `target_config` (default: tiny-qwen3) at `path`."""
     from jetspec_sglang.draft_head import init_draft_head, save_draft_head
     from jetspec_sglang.draft_head_config import make_draft_head_config
 
     config = make_draft_head_config(target_config or tiny_target_config(), mask_token_id=3, num_layers=1,
-                                    block_size=block_size, target_layer_ids=target_layer_ids)
+                                    block_size=block_size, target_layer_ids=target_layer_ids,
+                                    causal_head=causal_head)
     save_draft_head(init_draft_head(config), path)
     return pathlib.Path(path)
 

@@ -341,7 +341,38 @@ BAD_CHECKPOINTS = [  # (id, official_files kwargs, target config or None, messag
      ["target_hidden_size=32", "HiddenDimAdapter"]),
     ("no mask id", dict(cfg_edit=lambda c: c["dflash_config"].pop("mask_token_id")), None,
      ["mask_token_id is missing"]),
+    ("attention bias", dict(cfg_edit=_set("attention_bias", True)), None,
+     ["attention_bias=True", "no attention biases"]),
+    ("no block size", dict(cfg_edit=lambda c: c.pop("block_size")), None, ["block_size is missing"]),
 ]
+
+
+def test_keys_copied_from_a_tied_target_are_ignored_with_a_log_line(tmp_path, caplog):
+    """Released configs can carry keys of the target they were copied from (tie_word_embeddings: true, bos/eos ids,
+    use_cache, sliding_window: null...). The official loader ignores them; so does this one, with a log line for
+    tie_word_embeddings (the head has no embedding or lm_head to tie). The weights load unchanged."""
+    def tied(config):
+        config.update(tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, use_cache=True, sliding_window=None,
+                      use_sliding_window=False, attention_dropout=0.0, initializer_range=0.02)
+    tensors = official_files(tmp_path, cfg_edit=tied)
+    with caplog.at_level("INFO", logger="jetspec_sglang.draft_head_config"):
+        head = load_draft_head(tmp_path, target_config=qwen3_target_config())
+    assert "tie_word_embeddings=true ignored" in caplog.text
+    assert all(torch.equal(head.state_dict()[k], v.float()) for k, v in tensors.items())
+    assert head.config.extra["eos_token_id"] == 2 and "tie_word_embeddings" not in head.config.extra
+    assert head.config.to_dict()["tie_word_embeddings"] is False
+
+
+def test_block_size_precedence(tmp_path, caplog):
+    """Top-level block_size first (the official loader reads only it), dflash_config.block_size as the fallback;
+    a disagreement is logged."""
+    official_files(tmp_path / "nested",
+                   cfg_edit=lambda c: c["dflash_config"].update(block_size=c.pop("block_size") // 2))
+    assert load_draft_head(tmp_path / "nested").config.block_size == 8
+    official_files(tmp_path / "both", cfg_edit=_set("dflash_config.block_size", 8))
+    with caplog.at_level("WARNING", logger="jetspec_sglang.draft_head_config"):
+        assert load_draft_head(tmp_path / "both").config.block_size == 16
+    assert "block_size=16 and dflash_config.block_size=8 differ; using the top-level 16" in caplog.text
 
 
 @pytest.mark.parametrize("case", BAD_CHECKPOINTS, ids=[c[0] for c in BAD_CHECKPOINTS])

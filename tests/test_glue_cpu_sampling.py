@@ -131,7 +131,8 @@ def draw_two_tokens(name: str, n: int, steps: int, seed: int, wrong_child_probs:
     probs_NV = torch.tensor(node_probs, dtype=torch.float32)
     if wrong_child_probs:  # a deliberately broken verifier: every node is scored with the root's distribution
         probs_NV = probs_NV[0].expand(N, V_TOY)
-    retrieve_index, first_child, next_sibling = build_retrieve_links(torch.tensor([parents]).expand(n, N))
+    # contiguous copies: the CUDA kernel (and so its CPU twin) refuses expanded views
+    retrieve_index, first_child, next_sibling = build_retrieve_links(torch.tensor([parents]).expand(n, N).contiguous())
     gen = torch.Generator().manual_seed(seed)
     predicts = torch.zeros(n * N, dtype=torch.int32)
     accept_index = torch.full((n, steps), -1, dtype=torch.int32)
@@ -139,7 +140,8 @@ def draw_two_tokens(name: str, n: int, steps: int, seed: int, wrong_child_probs:
     target_probs = probs_NV.expand(n, N, V_TOY).contiguous()
     tree_speculative_sampling_target_only(
         predicts=predicts, accept_index=accept_index, accept_token_num=accept_token_num,
-        candidates=torch.tensor([tokens]).expand(n, N), retrive_index=retrieve_index, retrive_next_token=first_child,
+        candidates=torch.tensor([tokens]).expand(n, N).contiguous(), retrive_index=retrieve_index,
+        retrive_next_token=first_child,
         retrive_next_sibling=next_sibling, uniform_samples=torch.rand(n, N, generator=gen),
         uniform_samples_for_final_sampling=torch.rand(n, generator=gen), target_probs=target_probs,
         draft_probs=torch.zeros_like(target_probs))
@@ -224,6 +226,28 @@ def test_one_hot_target_equals_the_greedy_walk(B, N, V, steps, seed):
         assert torch.equal(got, want), f"{name}:\n{got}\nvs greedy\n{want}"
     if N > 8:
         assert int(greedy[2].max()) >= 2  # not vacuous
+
+
+@pytest.mark.parametrize("arg", ["candidates", "retrive_next_token", "accept_index", "target_probs"])
+def test_twin_refuses_what_the_cuda_kernel_refuses(arg):
+    """A strided view (the CUDA kernel's TensorMatcher requires contiguous memory) or a wrong dtype fails on CPU
+    as it would on the GPU, naming the argument."""
+    B, N, V = 2, 5, 4
+    parents = torch.tensor([[-1, 0, 0, 1, 1]] * B)
+    retrieve_index, first_child, next_sibling = build_retrieve_links(parents)
+    args = dict(predicts=torch.zeros(B * N, dtype=torch.int32), accept_index=torch.full((B, 3), -1, dtype=torch.int32),
+                accept_token_num=torch.zeros(B, dtype=torch.int32), candidates=torch.randint(0, V, (B, N)),
+                retrive_index=retrieve_index, retrive_next_token=first_child, retrive_next_sibling=next_sibling,
+                uniform_samples=torch.rand(B, N), uniform_samples_for_final_sampling=torch.rand(B),
+                target_probs=torch.full((B, N, V), 1 / V), draft_probs=torch.zeros(B, N, V))
+    tree_speculative_sampling_target_only(**{k: v.clone() for k, v in args.items()})  # served as given
+    strided = torch.zeros(args[arg].shape + (2,), dtype=args[arg].dtype)[..., 0]
+    strided.copy_(args[arg])
+    with pytest.raises(ValueError, match=rf"{arg} is not contiguous"):
+        tree_speculative_sampling_target_only(**dict(args, **{arg: strided}))
+    wrong = args[arg].to(torch.float64 if args[arg].is_floating_point() else torch.int16)
+    with pytest.raises(ValueError, match=rf"{arg} is .*{wrong.dtype}; the CUDA kernel expects"):
+        tree_speculative_sampling_target_only(**dict(args, **{arg: wrong}))
 
 
 # ---------------------------------------------------------------- install()

@@ -143,6 +143,25 @@ def test_cpu_engine_loads_the_head_checkpoint(tmp_path, cpu_engine):
     assert torch.equal(params["fc.weight"], weights["fc.weight"])
 
 
+@pytest.mark.parametrize("head_dtype,target_dtype", [(torch.bfloat16, torch.float16), (torch.float32, torch.bfloat16),
+                                                      (torch.float16, torch.float32)])
+def test_cpu_engine_projects_target_hidden_of_another_dtype(tmp_path, cpu_engine, head_dtype, target_dtype):
+    """A head built in one dtype receives the target's hidden states in another (a config override can split
+    them): SGLang's DFlashDraftModel fails in fc (the reported `Half != BFloat16`), JetSpecDraftModel casts and
+    gives the same result as projecting states already in its own dtype."""
+    from sglang.srt.model_loader.utils import set_default_torch_dtype
+
+    with set_default_torch_dtype(head_dtype):
+        dflash, jetspec = build_models(lambda: head_config(tmp_path, causal_head=True))
+    hidden = torch.randn(5, jetspec.fc.in_features, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        with pytest.raises(RuntimeError, match="dtype"):
+            dflash.project_target_hidden(hidden.to(target_dtype))
+        out = jetspec.project_target_hidden(hidden.to(target_dtype))
+        assert out.dtype == head_dtype and out.shape == (5, jetspec.config.hidden_size)
+        assert torch.equal(out, jetspec.project_target_hidden(hidden.to(target_dtype).to(head_dtype)))
+
+
 @pytest.mark.skipif(CPU_ENGINE or os.environ.get(fx.CHILD_ENV) == "1", reason="the cases run in this process")
 def test_models_under_the_cpu_engine():
     fx.rerun_in_subprocess(__file__, "test_cpu_engine", SGLANG_USE_CPU_ENGINE="1")

@@ -315,19 +315,47 @@ def test_explicit_max_running_requests_is_kept(algo, target, head):
     assert resolved(args, algo, "max_running_requests") == {"max_running_requests": 5}
 
 
-def test_block_size_inside_dflash_config(algo, target, head, tmp_path):
-    """SGLang reads block_size from dflash_config first, then the top level (dflash_utils.py:609)."""
+def test_block_size_precedence_is_the_official_loaders(algo, target, head, tmp_path):
+    """The official loader reads the top-level block_size; dflash_config.block_size counts only when the top level
+    has none (SGLang's DFLASH reads it first, dflash_utils.py:609, but JETSPEC sets the block itself). The default
+    depth is block - 1 of that choice, and DraftHeadConfig agrees."""
+    from jetspec_sglang.draft_head_config import DraftHeadConfig
+
     moved = tmp_path / "moved"
     shutil.copytree(head, moved)
     raw = json.loads((moved / "config.json").read_text())
-    raw["dflash_config"]["block_size"] = raw.pop("block_size") + 2
+    raw["dflash_config"]["block_size"] = raw.pop("block_size") + 2  # only the nested key
     (moved / "config.json").write_text(json.dumps(raw))
     got = resolved(server_args(target, moved, device="cpu"), algo, "speculative_num_steps")
     assert got == {"speculative_num_steps": HEAD_BLOCK + 1}
-    raw["block_size"] = 3  # both present: dflash_config wins, as in SGLang
+    assert DraftHeadConfig.from_dict(raw).block_size == HEAD_BLOCK + 2
+    raw["block_size"] = 3  # both present: the top level wins, as in the official loader
     (moved / "config.json").write_text(json.dumps(raw))
     assert resolved(server_args(target, moved, device="cpu"), algo, "speculative_num_steps") == {
-        "speculative_num_steps": HEAD_BLOCK + 1}
+        "speculative_num_steps": 2}
+    assert DraftHeadConfig.from_dict(raw).block_size == 3
+    del raw["block_size"], raw["dflash_config"]["block_size"]
+    (moved / "config.json").write_text(json.dumps(raw))
+    with pytest.raises(JetSpecArgError, match=r"--speculative-draft-model-path .*block_size is missing; set the "
+                                              r"top-level block_size"):
+        record_foreign_defaults(server_args(target, moved, device="cpu"), "t", algo.validate_server_args)
+
+
+def test_depth_beyond_the_block(algo, target, head, tmp_path, caplog):
+    """The official engine drafts block = depth + 1 whatever block_size: a causal head may go deeper (with a
+    warning that those positions are extrapolated); a bidirectional head may not (every row sees every row)."""
+    deeper = dict(device="cpu", speculative_num_steps=HEAD_BLOCK + 2, speculative_num_draft_tokens=16)
+    with caplog.at_level("WARNING", logger="jetspec_sglang.glue.args"):
+        got = resolved(server_args(target, head, **deeper), algo, "speculative_num_steps")
+    assert got == {"speculative_num_steps": HEAD_BLOCK + 2}
+    assert f"--speculative-num-steps {HEAD_BLOCK + 2} exceeds the head's trained depth block_size-1=" \
+           f"{HEAD_BLOCK - 1}: draft positions past {HEAD_BLOCK - 1} are extrapolated" in caplog.text
+    bidirectional = fx.make_head(tmp_path / "bidirectional", block_size=HEAD_BLOCK, causal_head=False)
+    with pytest.raises(JetSpecArgError, match=rf"--speculative-num-steps {HEAD_BLOCK + 2} exceeds the bidirectional "
+                                              rf"head's trained depth.*--speculative-num-steps <= {HEAD_BLOCK - 1}"):
+        record_foreign_defaults(server_args(target, bidirectional, **deeper), "t", algo.validate_server_args)
+    ok = dict(deeper, speculative_num_steps=HEAD_BLOCK - 1)
+    record_foreign_defaults(server_args(target, bidirectional, **ok), "t", algo.validate_server_args)
 
 
 def test_full_resolution_pipeline(algo, target, head):
@@ -357,8 +385,6 @@ REJECTIONS = {  # name -> (ServerArgs fields, {env var: value}, regex the messag
                            r"--speculative-num-draft-tokens 3 < depth \+ 1 = 4.*raise the budget"),
     "budget_over_limit": (dict(speculative_num_draft_tokens=2000), {},
                           r"budget=2000 is out of range \[1, 1024\].*--speculative-num-draft-tokens"),
-    "depth_over_head": (dict(speculative_num_steps=5), {},
-                        r"--speculative-num-steps 5 exceeds the head's trained depth.*--speculative-num-steps <= 3"),
     "pipeline_parallel": (dict(pp_size=2), {}, r"--pp-size 2.*drop --pp-size"),
     "dp_attention": (dict(enable_dp_attention=True, dp_size=2, tp_size=2), {},
                      r"--enable-dp-attention.*remove the flag"),

@@ -73,6 +73,17 @@ def test_unsupported_fields_are_refused_by_name(field, value):
     assert f"without {field}" in message  # the fix
 
 
+def test_return_sampling_mask_is_refused():
+    """SGLang fills the sampling mask in plain decoding's sampler; the JETSPEC decode step never does, so the
+    request is refused instead of answered without the mask it asked for."""
+    req = make_req(temperature=0.7, top_k=20)
+    assert unsupported_reason(req) is None
+    req.return_sampling_mask = True  # as scheduler.py builds Req(return_sampling_mask=recv_req...)
+    message = unsupported_reason(req)
+    assert message is not None and "return_sampling_mask is not supported" in message
+    assert "without return_sampling_mask" in message
+
+
 def test_custom_logit_processor_is_refused():
     processor = DisallowedTokensLogitsProcessor.to_str()
     req = make_req(custom_logit_processor=processor, custom_params={"token_ids": [5]})

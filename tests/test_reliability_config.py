@@ -40,8 +40,9 @@ CASES = {
                            r"--speculative-num-draft-tokens 4 < depth \+ 1 = 8.*raise the budget"),
     "budget_over_1024": ("good", ["--speculative-num-draft-tokens", "2000", "--speculative-num-steps", "7"], {},
                          r"budget=2000 is out of range \[1, 1024\]; fix .*--speculative-num-draft-tokens"),
-    "depth_over_block": ("good", ["--speculative-num-draft-tokens", "16", "--speculative-num-steps", "8"], {},
-                         r"--speculative-num-steps 8 exceeds the head's trained depth .*<= 7"),
+    # (a causal head may draft past its block with a warning; a bidirectional one may not)
+    "depth_over_block": ("bidirectional", ["--speculative-num-draft-tokens", "16", "--speculative-num-steps", "8"], {},
+                         r"--speculative-num-steps 8 exceeds the bidirectional head's trained depth .*<= 7"),
     # Flag combinations JETSPEC does not serve.
     "pipeline_parallel": ("good", ["--pp-size", "2"], {}, r"--pp-size 2: .*drop --pp-size"),
     "dp_attention": ("good", ["--enable-dp-attention", "--dp-size", "2", "--tp-size", "2"], {},
@@ -78,7 +79,8 @@ CASES = {
 def heads(tmp_path_factory):
     root = tmp_path_factory.mktemp("heads")
     good = save_head(root / "good")
-    return dict(bad_heads(root, good), good=good, root=root)
+    return dict(bad_heads(root, good), good=good, root=root,
+                bidirectional=save_head(root / "bidirectional", causal_head=False))
 
 
 @pytest.fixture(scope="module")

@@ -282,3 +282,90 @@ def test_unsupported_ops_raise_naming_the_op(name):
         sgl_kernel.speculative.tree_op()
     with pytest.raises(AttributeError):
         sgl_kernel.__no_such_dunder__  # noqa: B018  (dunder lookups must not turn into ops)
+
+
+# ---------------------------------------------------------------- inputs read as the GPU op reads them
+
+
+def test_strided_accept_index_is_refused_where_triton_reads_the_wrong_elements(interpreter):
+    """The budget ladder's case: accept_index is [bs, L + 1] and a budget N < L + 1 keeps N columns. The slice
+    is a strided view; SGLang's Triton fill_accept_out_cache_loc reads raw memory, so it packs the wrong KV slots
+    (KV corruption on a GPU). The stand-in refuses the view, so the CPU suite catches the bug class; the
+    contiguous copy gives the stand-in and Triton the same, right, answer."""
+    gen = torch.Generator().manual_seed(7)
+    bs, steps, n = 4, 8, 4
+    full, _ = _accept_index(bs, steps, n, gen)
+    sliced = full[:, :n]
+    assert not sliced.is_contiguous()
+    out_cache_loc = torch.randperm(10_000, generator=gen)[: bs * n].to(torch.int64)
+    size = bs * n
+    triton_strided = torch.zeros(size, dtype=torch.int64)
+    eagle.fill_accept_out_cache_loc[(size,)](sliced, out_cache_loc, triton_strided, next_power_of_2(size))
+    right = out_cache_loc[sliced[sliced >= 0].long()]
+    assert not torch.equal(triton_strided[: right.numel()], right)  # what a GPU would have written
+    with pytest.raises(ValueError, match=r"fill_accept_out_cache_loc_cpu: accept_index is not contiguous.*"
+                                         r"\.contiguous\(\)"):
+        sgl_kernel.fill_accept_out_cache_loc_cpu(sliced, out_cache_loc, torch.zeros(size, dtype=torch.int64))
+    got, want = torch.zeros(size, dtype=torch.int64), torch.zeros(size, dtype=torch.int64)
+    sgl_kernel.fill_accept_out_cache_loc_cpu(sliced.contiguous(), out_cache_loc, got)
+    eagle.fill_accept_out_cache_loc[(size,)](sliced.contiguous(), out_cache_loc, want, next_power_of_2(size))
+    assert torch.equal(got, want) and torch.equal(got[: right.numel()], right)
+
+
+def _strided(t: torch.Tensor) -> torch.Tensor:
+    """The same values as `t` in a non-contiguous view (every element followed by a gap)."""
+    view = torch.zeros(t.shape + (2,), dtype=t.dtype)[..., 0]
+    view.copy_(t)
+    return view
+
+
+def _op_calls():
+    """name -> (op, kwargs) with valid contiguous inputs for every op the stand-in serves."""
+    gen = torch.Generator().manual_seed(0)
+    rpi, start, end, r2t = _batch([1, 4], [3, 2], gen)
+    B, N = 2, 6
+    _, _, candidates, retrieve_index, first_child, next_sibling = _tree_batch(B, N, 3, 0)
+    accept_index, accept_lens = _accept_index(B, 3, N, gen)
+    return {
+        "assign_req_to_token_pool_cpu": (sgl_kernel.assign_req_to_token_pool_cpu, dict(
+            req_pool_indices=rpi, req_to_token=r2t, start_offset=start, end_offset=end,
+            out_cache_loc=torch.arange(5, dtype=torch.int64), pool_len=r2t.shape[1])),
+        "assign_extend_cache_locs_cpu": (sgl_kernel.assign_extend_cache_locs_cpu, dict(
+            req_pool_indices=rpi, req_to_token=r2t, start_offset=start, end_offset=end,
+            out_cache_loc=torch.zeros(5, dtype=torch.int64), pool_len=r2t.shape[1])),
+        "fill_accept_out_cache_loc_cpu": (sgl_kernel.fill_accept_out_cache_loc_cpu, dict(
+            accept_index=accept_index, out_cache_loc=torch.arange(B * N, dtype=torch.int64),
+            accept_out_cache_loc=torch.zeros(accept_index.numel(), dtype=torch.int64))),
+        "fill_bonus_tokens_cpu": (sgl_kernel.fill_bonus_tokens_cpu, dict(
+            accept_tokens=torch.arange(B * 3, dtype=torch.int32).view(B, 3), accept_lens=accept_lens,
+            bonus_tokens=torch.zeros(B, dtype=torch.int32), accept_stride=3)),
+        "verify_tree_greedy_cpu": (sgl_kernel.verify_tree_greedy_cpu, dict(
+            predicts=torch.zeros(B * N, dtype=torch.int32), accept_index=torch.full((B, 3), -1, dtype=torch.int32),
+            accept_token_num=torch.zeros(B, dtype=torch.int32), candidates=candidates, retrive_index=retrieve_index,
+            retrive_next_token=first_child, retrive_next_sibling=next_sibling, target_predict=candidates.clone())),
+    }
+
+
+CALLS = [(op, arg) for op, (_, kwargs) in _op_calls().items() for arg, v in kwargs.items()
+         if isinstance(v, torch.Tensor) and v.numel() > 1]
+
+
+@pytest.mark.parametrize("op,arg", CALLS)
+def test_every_tensor_argument_must_be_contiguous(op, arg):
+    fn, kwargs = _op_calls()[op]
+    fn(**kwargs)  # the contiguous call is served
+    fn, kwargs = _op_calls()[op]
+    kwargs[arg] = _strided(kwargs[arg])
+    assert torch.equal(kwargs[arg], _op_calls()[op][1][arg]) and not kwargs[arg].is_contiguous()
+    with pytest.raises(ValueError, match=rf"sgl_kernel.{op}: {arg} is not contiguous"):
+        fn(**kwargs)
+
+
+@pytest.mark.parametrize("arg,dtype", [("accept_index", torch.int64), ("predicts", torch.int64),
+                                       ("candidates", torch.int32), ("target_predict", torch.int32)])
+def test_verify_tree_greedy_checks_dtypes_as_the_cuda_op(arg, dtype):
+    """The CUDA op's TensorMatchers fix int32 outputs and int64 tree inputs (jit/csrc/speculative/tree.cuh)."""
+    fn, kwargs = _op_calls()["verify_tree_greedy_cpu"]
+    kwargs[arg] = kwargs[arg].to(dtype)
+    with pytest.raises(ValueError, match=rf"verify_tree_greedy_cpu: {arg} is {dtype}, the GPU op expects"):
+        fn(**kwargs)

@@ -64,13 +64,14 @@ def read_head_config(sa) -> dict:
 
 
 def head_block_size(sa, head: dict) -> int:
-    """The head's block size with SGLang's precedence (dflash_utils.py:609): dflash_config.block_size, else the
-    top-level key."""
-    block = (head.get("dflash_config") or {}).get("block_size", head.get("block_size"))
-    if isinstance(block, bool) or not isinstance(block, int) or block < 2:
-        raise JetSpecArgError(f"--speculative-draft-model-path {sa.speculative_draft_model_path}: block_size="
-                              f"{block!r} in config.json; a JetSpec head needs an integer block_size >= 2")
-    return block
+    """The head's trained block with the official precedence (draft_head_config.block_size_of: top-level
+    block_size, then dflash_config.block_size)."""
+    from jetspec_sglang.draft_head_config import DraftHeadError, block_size_of
+
+    try:
+        return block_size_of(head)
+    except DraftHeadError as e:
+        raise JetSpecArgError(f"--speculative-draft-model-path {sa.speculative_draft_model_path}: {e}") from None
 
 
 def resolve_shape(sa, head: dict) -> tuple[int, int]:
@@ -96,9 +97,18 @@ def validate_server_args(sa) -> None:
     except ConfigError as e:
         raise JetSpecArgError(str(e)) from None
     block = head_block_size(sa, head)
+    causal = bool((head.get("dflash_config") or {}).get("causal_head", False))
+    if depth > block - 1 and causal:
+        # The official engine drafts block = depth + 1 whatever the head's block_size; a block-causal head's row d
+        # never sees rows > d, so deeper rows only meet positions it was not trained at.
+        logger.warning("--speculative-num-steps %d exceeds the head's trained depth block_size-1=%d: draft positions "
+                       "past %d are extrapolated (acceptance there may be low); greedy output is unaffected", depth,
+                       block - 1, block - 1)
     checks = [
-        (depth > block - 1, f"--speculative-num-steps {depth} exceeds the head's trained depth block_size-1={block - 1}; "
-                            f"use --speculative-num-steps <= {block - 1}"),
+        (depth > block - 1 and not causal,
+         f"--speculative-num-steps {depth} exceeds the bidirectional head's trained depth block_size-1={block - 1} "
+         f"(every row of its block attends to every other, so a longer block changes all of them); use "
+         f"--speculative-num-steps <= {block - 1}"),
         (budget < depth + 1, f"--speculative-num-draft-tokens {budget} < depth + 1 = {depth + 1}: the tree cannot hold "
                              "one full path; raise the budget or lower --speculative-num-steps"),
         (budget > MAX_BUDGET, f"--speculative-num-draft-tokens {budget} exceeds SGLang's tree-verify limit {MAX_BUDGET}"),
@@ -190,10 +200,39 @@ def check_head_weights(path: str, config) -> None:
         raise JetSpecArgError(str(e)) from None
 
 
+def target_dtype_name(sa) -> str:
+    """The dtype SGLang gives the target for this --dtype (model_config.py _get_and_verify_dtype), as a flag value."""
+    import torch
+    from sglang.srt.configs.model_config import _get_and_verify_dtype
+    from sglang.srt.utils.hf_transformers_utils import get_config
+
+    target = get_config(sa.model_path, trust_remote_code=bool(sa.trust_remote_code), revision=sa.revision)
+    dtype = _get_and_verify_dtype(target.get_text_config(), sa.dtype or "auto")
+    names = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
+    if dtype not in names:
+        raise JetSpecArgError(f"--dtype {sa.dtype}: the target resolves to {dtype}; JETSPEC serves float32, "
+                              "float16 or bfloat16 targets; pass --dtype float16 or --dtype bfloat16")
+    return names[dtype]
+
+
+def resolve_dtype(sa, head: dict) -> None:
+    """Run the head in the target's dtype. SGLang resolves --dtype once per model config: with `auto` an fp32
+    target becomes float16 while a bf16 head stays bfloat16, and the first decode step then fails in the head's
+    fc (Half != BFloat16). Writing the target's resolved dtype makes both models (and the draft KV) agree; an
+    explicit --dtype already applies to both."""
+    if (sa.dtype or "auto") != "auto":
+        return
+    sa.dtype = target_dtype_name(sa)
+    head_dtype = head.get("dtype") or head.get("torch_dtype") or "float32"
+    logger.info("JETSPEC: --dtype auto resolves to %s for the target; the head (stored as %s) runs in %s too",
+                sa.dtype, head_dtype, sa.dtype)
+
+
 def handle_server_args(sa) -> None:
     """Defaults (speculative_hook.py:269): generic SGLang sizing expressed in JetSpec terms."""
     head = read_head_config(sa)
     budget, depth = resolve_shape(sa, head)
+    resolve_dtype(sa, head)
     sa.speculative_num_steps = depth  # generic sizing; accept_index width = depth + 1
     sa.speculative_num_draft_tokens = budget  # verify width and the 2N KV reservation per step
     sa.speculative_eagle_topk = 1  # avoids EAGLE's page>1 * topk over-reservation (allocation_sizing.py:52)
@@ -216,8 +255,39 @@ def handle_server_args(sa) -> None:
         sa.cuda_graph_config = with_phase(current, Phase.DECODE, backend=Backend.DISABLED)
         logger.warning("JETSPEC_BUDGET_LADDER=%s: decode CUDA graphs are disabled (one captured width cannot "
                        "serve several budgets); unset the ladder to keep graphs", ladder)
+    elif not _is_cpu(sa):
+        cap_graph_batch(sa, budget, int(head["vocab_size"]))
     logger.info("JETSPEC budget=%d depth=%d width=%s head=%s", budget, depth,
                 os.environ.get("JETSPEC_TREE_WIDTH", "7 (default)"), sa.speculative_draft_model_path)
+
+
+def cap_graph_batch(sa, budget: int, vocab: int) -> None:
+    """Cap the captured decode batch sizes so the target verify graph's logits buffer [max_bs * N, V] fp32 stays
+    within limits.GRAPH_LOGITS_BUDGET (larger batches run eagerly). Explicit --cuda-graph-max-bs-decode /
+    --cuda-graph-bs-decode are kept, with a warning of the cost."""
+    from sglang.srt.model_executor.cuda_graph_config import Backend, CudaGraphConfig, Phase, with_phase
+
+    from jetspec_sglang.glue.limits import FP32_BYTES, GIB, GRAPH_LOGITS_BUDGET, graph_batch_cap
+
+    current = sa.cuda_graph_config or CudaGraphConfig()
+    decode = current.decode
+    if decode.backend == Backend.DISABLED:
+        return
+    cap = graph_batch_cap(budget, vocab)
+    max_bs = decode.max_bs or (max(decode.bs) if decode.bs else None) or sa.max_running_requests
+    if max_bs is None or max_bs <= cap:
+        return
+    cost = max_bs * budget * vocab * FP32_BYTES / GIB
+    if sa.cuda_graph_max_bs_decode is not None or sa.cuda_graph_bs_decode is not None:
+        logger.warning("JETSPEC: captured decode batches up to %d keep a %.1f GiB verify logits buffer "
+                       "([max_bs x N, V] fp32, N=%d); --cuda-graph-max-bs-decode %d would keep it under %d GiB",
+                       max_bs, cost, budget, cap, GRAPH_LOGITS_BUDGET // GIB)
+        return
+    bs = [b for b in decode.bs if b <= cap] if decode.bs else None
+    sa.cuda_graph_config = with_phase(current, Phase.DECODE, max_bs=cap, bs=bs or None)
+    logger.warning("JETSPEC: decode CUDA graphs captured up to batch %d (not %d): the verify graph's logits buffer "
+                   "[max_bs x N, V] fp32 would take %.1f GiB at N=%d; larger batches run eagerly. Set "
+                   "--cuda-graph-max-bs-decode to override", cap, max_bs, cost, budget)
 
 
 def _dp_attention(sa) -> bool:

@@ -31,6 +31,17 @@ def top_p_renorm_prob(probs_TV: torch.Tensor, top_ps_T: torch.Tensor) -> torch.T
     return torch.zeros_like(probs_TV).scatter_(-1, order, sorted_p)
 
 
+def expect_cuda_layout(name: str, tensor: torch.Tensor, shape: tuple, dtype: torch.dtype) -> None:
+    """Refuse what the CUDA kernel's TensorMatcher refuses (a non-contiguous view, another shape or dtype), so a
+    caller bug that a GPU would reject - or, for strided views, misread - fails on CPU too."""
+    if not tensor.is_contiguous():
+        raise ValueError(f"tree_speculative_sampling_target_only (CPU twin): {name} is not contiguous (stride "
+                         f"{tensor.stride()}); the CUDA kernel requires contiguous inputs - pass {name}.contiguous()")
+    if tuple(tensor.shape) != tuple(int(d) for d in shape) or tensor.dtype != dtype:
+        raise ValueError(f"tree_speculative_sampling_target_only (CPU twin): {name} is {tuple(tensor.shape)} "
+                         f"{tensor.dtype}; the CUDA kernel expects {tuple(int(d) for d in shape)} {dtype}")
+
+
 def tree_speculative_sampling_target_only(predicts, accept_index, accept_token_num, candidates, retrive_index,
                                           retrive_next_token, retrive_next_sibling, uniform_samples,
                                           uniform_samples_for_final_sampling, target_probs, draft_probs,
@@ -44,6 +55,18 @@ def tree_speculative_sampling_target_only(predicts, accept_index, accept_token_n
     """
     bs, n = candidates.shape
     steps = accept_index.shape[1]
+    V = target_probs.shape[-1]
+    for name, t, shape, dtype in (  # the CUDA op's TensorMatchers (jit/csrc/speculative/sampling.cuh)
+            ("candidates", candidates, (bs, n), torch.int64), ("retrive_index", retrive_index, (bs, n), torch.int64),
+            ("retrive_next_token", retrive_next_token, (bs, n), torch.int64),
+            ("retrive_next_sibling", retrive_next_sibling, (bs, n), torch.int64),
+            ("accept_index", accept_index, (bs, steps), torch.int32),
+            ("accept_token_num", accept_token_num, (bs,), torch.int32), ("predicts", predicts, (bs * n,), torch.int32),
+            ("uniform_samples", uniform_samples, (bs, n), torch.float32),
+            ("uniform_samples_for_final_sampling", uniform_samples_for_final_sampling, (bs,), torch.float32),
+            ("target_probs", target_probs, (bs, n, V), torch.float32),
+            ("draft_probs", draft_probs, (bs, n, V), torch.float32)):
+        expect_cuda_layout(name, t, shape, dtype)
     probs_BNV = target_probs.reshape(bs, n, -1).float()
     probs_BNV = probs_BNV / probs_BNV.sum(-1, keepdim=True).clamp(min=1e-30)
     cand, index = candidates.tolist(), retrive_index.tolist()

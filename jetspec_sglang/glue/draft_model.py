@@ -51,6 +51,14 @@ class JetSpecDraftModel(DFlashDraftModel):
         logger.info("JetSpecDraftModel: %d layers, %s in-block attention", len(self.layers),
                     "block-causal" if self.causal_head else "bidirectional")
 
+    def project_target_hidden(self, target_hidden: torch.Tensor) -> torch.Tensor:
+        # The target's hidden states arrive in the target's dtype. args.resolve_dtype runs the head in it, but a
+        # config override can still split them (fp16 target, bf16 head: F.linear fails with Half != BFloat16).
+        # hidden_norm holds the model dtype even when fc is quantized.
+        if target_hidden.dtype != self.hidden_norm.weight.dtype:
+            target_hidden = target_hidden.to(self.hidden_norm.weight.dtype)
+        return super().project_target_hidden(target_hidden)
+
     def forward(self, input_ids, positions, forward_batch, input_embeds=None, get_embedding=False,
                 pp_proxy_tensors=None):
         if input_embeds is not None and input_embeds.dtype != self.fc.weight.dtype:

@@ -3,7 +3,8 @@
 Called from the validate_dflash_request hook (scheduler.py:3144), before the request is queued. Two kinds:
   * inputs SGLang 0.5.23 would crash its scheduler on (plain decoding too): an empty prompt, token ids outside the
     vocabulary, top_logprobs_num above the vocabulary size;
-  * features the JETSPEC worker cannot serve losslessly: min_p, penalties, min_new_tokens, custom logit processors.
+  * features the JETSPEC worker cannot serve losslessly: min_p, penalties, min_new_tokens, custom logit processors;
+    and return_sampling_mask, which its decode step never fills.
 Everything not listed here is served and equals plain decoding (greedy) or follows the target distribution
 (sampling); tests/test_reliability_requests.py checks both lists against a live server.
 """
@@ -58,4 +59,10 @@ def feature_reason(req) -> str | None:
                 "min_new_tokens (min_tokens in the OpenAI API)")
     if getattr(req, "custom_logit_processor", None):
         return "JETSPEC: custom_logit_processor is not applied in tree verification; omit it"
+    if getattr(req, "return_sampling_mask", False):
+        # The mask is captured by the sampler of plain decoding (layers/sampler.py); the JETSPEC decode step samples
+        # through eagle_sample, which never fills it, so the response would carry no mask.
+        return ("JETSPEC: return_sampling_mask is not supported (speculative tree verification does not record the "
+                "sampling mask); send the request without return_sampling_mask, or use a server without "
+                "--speculative-algorithm")
     return None

@@ -20,7 +20,7 @@ from sglang.srt.lora.layers import unwrap_lora_layer
 from sglang.srt.managers.scheduler import GenerationBatchResult
 from sglang.srt.model_executor.forward_batch_info import CaptureHiddenMode, ForwardBatch, ForwardMode
 from sglang.srt.models.dflash import candidate_topk
-from sglang.srt.runtime_context import get_spec
+from sglang.srt.runtime_context import get_schedule, get_spec
 from sglang.srt.speculative.dflash_worker_v2 import DFlashWorkerV2, _resolve_dflash_embedding_module
 from sglang.srt.speculative.draft_worker_common import build_block_pos_offsets, make_draft_block_spec_info
 from sglang.srt.speculative.draft_worker_common import make_draft_input_v2
@@ -33,7 +33,7 @@ from sglang.srt.utils import is_cpu
 
 from jetspec_sglang import ops
 from jetspec_sglang.config import config_from_env
-from jetspec_sglang.glue import hooks
+from jetspec_sglang.glue import hooks, limits
 from jetspec_sglang.tree import empty_tree, top2gap_fanout_caps
 
 logger = logging.getLogger(__name__)
@@ -47,7 +47,12 @@ class JetSpecWorker(DFlashWorkerV2):
             from jetspec_sglang.glue import cpu_sampling
 
             cpu_sampling.install()
-        super().__init__(server_args, gpu_id, nccl_port, target_worker)
+        dflash_logger = logging.getLogger(DFlashWorkerV2.__module__)
+        dflash_logger.addFilter(_DFLASH_SIZING_LOGS)
+        try:
+            super().__init__(server_args, gpu_id, nccl_port, target_worker)
+        finally:
+            dflash_logger.removeFilter(_DFLASH_SIZING_LOGS)
         spec = get_spec()
         self.max_budget = int(spec.speculative_num_draft_tokens)  # N (root included)
         self.depth = int(spec.speculative_num_steps)  # L
@@ -63,10 +68,16 @@ class JetSpecWorker(DFlashWorkerV2):
             if isinstance(module, LogitsProcessor):
                 module.defer_verify_gather = False
         self._target_logits_processor = None
+        if not on_cpu:  # sampled verification's [B * N, V] fp32 temporaries live outside the KV pool
+            runner = self.target_worker.model_runner
+            limits.check_sampled_verify_memory(
+                int(get_schedule().max_running_requests or 1), self.max_budget, int(runner.model_config.vocab_size),
+                torch.cuda.get_device_properties(self.device).total_memory, float(runner.mem_fraction_static))
         self._row_headroom_checked = False  # the req_to_token pool is allocated after this worker is built
-        logger.info("JETSPEC worker: budget=%d depth=%d width=%d algo=%s ladder=%s ops=%s", self.max_budget,
-                    self.depth, self.jetspec.width, self.jetspec.tree_algo, self.jetspec.budget_ladder or "off",
-                    self.jetspec.backend)
+        logger.info("JETSPEC worker: budget=%d depth=%d draft block=%d (head block_size=%s) width=%d algo=%s "
+                    "ladder=%s ops=%s draft model=%s", self.max_budget, self.depth, self.block_size,
+                    getattr(self.draft_model.config, "block_size", None), self.jetspec.width, self.jetspec.tree_algo,
+                    self.jetspec.budget_ladder or "off", self.jetspec.backend, type(self.draft_model).__name__)
 
     def prewarm_sampling(self):
         # DFLASH's rehearsal is B-shaped for its own sampler; JETSPEC samples through eagle_sample.
@@ -106,7 +117,7 @@ class JetSpecWorker(DFlashWorkerV2):
 
         def plan(width):
             return translator.plan(req_pool_indices=batch.req_pool_indices, seq_lens=prefix_B,
-                                   seq_lens_cpu=host_bound_B, write_virtual=window_BW[:, :width].reshape(-1),
+                                   seq_lens_cpu=host_bound_B, write_virtual=flat(window_BW[:, :width]),
                                    read_extent=width)
 
         backend = self.jetspec.backend
@@ -124,11 +135,11 @@ class JetSpecWorker(DFlashWorkerV2):
                                                  backend=backend)
         verify_plan = plan(N)
         verify_input = EagleVerifyInput(
-            draft_token=tree.tokens_BN.reshape(-1), custom_mask=custom_mask, positions=tm.positions_BN.reshape(-1),
+            draft_token=flat(tree.tokens_BN), custom_mask=custom_mask, positions=flat(tm.positions_BN),
             retrieve_index=tm.retrieve_index_BN, retrieve_next_token=tm.first_child_BN,
             retrieve_next_sibling=tm.next_sibling_BN, retrieve_cum_len=None,
             spec_steps=L, topk=-1, draft_token_num=N, capture_hidden_mode=CaptureHiddenMode.FULL,
-            seq_lens_sum=None, seq_lens_cpu=None, prepared_out_cache_loc=window_BW[:, :N].reshape(-1),
+            seq_lens_sum=None, seq_lens_cpu=None, prepared_out_cache_loc=flat(window_BW[:, :N]),
             kv_loc_plan=verify_plan,
         )
         return self._verify_and_commit(batch, verify_input, verify_plan, prefix_B, host_bound_B, N,
@@ -157,7 +168,7 @@ class JetSpecWorker(DFlashWorkerV2):
         seq_lens_cpu = host_bound_B.to(torch.int32)
         forward_batch = ForwardBatch(
             forward_mode=ForwardMode.TARGET_VERIFY, batch_size=bs, input_ids=block_ids_BQ.reshape(-1),
-            req_pool_indices=batch.req_pool_indices, seq_lens=prefix_B, out_cache_loc=block_loc_BQ.reshape(-1),
+            req_pool_indices=batch.req_pool_indices, seq_lens=prefix_B, out_cache_loc=flat(block_loc_BQ),
             seq_lens_sum=int(seq_lens_cpu.sum()), seq_lens_cpu=seq_lens_cpu,
             positions=(prefix_B[:, None] + self._block_pos_offsets).reshape(-1),
             input_embeds=embeds_TM.reshape(bs * B, -1),
@@ -170,7 +181,9 @@ class JetSpecWorker(DFlashWorkerV2):
         with torch.inference_mode(), draft_tp_context(self.draft_parallel_layout):
             hidden = self.draft_model_runner.forward(forward_batch).logits_output.hidden_states
             hidden_TM = hidden.view(bs, B, -1)[:, 1:].reshape(bs * (B - 1), -1)
-            ids_TK, values_TK, lse_T = candidate_topk(hidden_TM, lm_head, K, with_partition=True)
+            ids_TK, values_TK, lse_T = candidate_topk(hidden_TM, lm_head, fast_topk_width(K, hidden_TM.is_cuda),
+                                                      with_partition=True)
+            ids_TK, values_TK = ids_TK[:, :K], values_TK[:, :K]  # sorted descending: the first K are the top-K
         logprobs_BLK = (values_TK.float() - lse_T.float()[:, None]).view(bs, B - 1, K)
         return logprobs_BLK, ids_TK.view(bs, B - 1, K)
 
@@ -202,10 +215,11 @@ class JetSpecWorker(DFlashWorkerV2):
         if batch.return_logprob:
             compute_spec_logprobs(batch, logits_output, predict, accept_index=accept_index)
         # accept_index is [bs, L + 1] (-1 padded); a path has at most N nodes, and SGLang's compaction writes the
-        # first L + 1 entries into each request's N-wide block, so a ladder budget N < L + 1 passes N columns.
-        predict = _finalize_accept_tree_path(batch, accept_index[:, :N], accept_lens, predict, logits_output, bs,
-                                             token_to_kv_pool_allocator=self.target_worker.model_runner
-                                             .token_to_kv_pool_allocator, num_draft_tokens=N)
+        # first L + 1 entries into each request's N-wide block, so a ladder budget N < L + 1 passes N columns -
+        # contiguous: the Triton fill_accept_out_cache_loc reads raw memory, ignoring a slice's strides.
+        predict = _finalize_accept_tree_path(batch, accept_index[:, :N].contiguous(), accept_lens, predict,
+                                             logits_output, bs, token_to_kv_pool_allocator=self.target_worker
+                                             .model_runner.token_to_kv_pool_allocator, num_draft_tokens=N)
         bonus_B = predict.view(bs, N).gather(1, (accept_lens.to(torch.int64) - 1)[:, None])[:, 0]
         hidden = logits_output.hidden_states
         if hidden is None:
@@ -224,6 +238,34 @@ class JetSpecWorker(DFlashWorkerV2):
             new_seq_lens=new_seq_lens, routed_experts_output=target_out.routed_experts_output,
             indexer_topk_output=target_out.indexer_topk_output, extra_keep_alive_refs=[verify_batch],
         )
+
+
+def flat(x_BW: torch.Tensor) -> torch.Tensor:
+    """x_BW as a contiguous [B * W] tensor. SGLang's Triton kernels read these index tensors as raw memory; a
+    column slice window_BW[:, :1] reshapes to a strided *view* ([8, 1] with row stride W -> (8,) with stride W),
+    which they would misread (seen at ladder budget 1, caught by the strict CPU stand-in)."""
+    return x_BW.reshape(-1).contiguous()
+
+
+class _DropDflashSizingLogs(logging.Filter):
+    """DFlashWorkerV2.__init__ logs its block as N (`DFLASH block size mismatch ...`, `Initialized DFLASH draft
+    runner ... block_size=N`); the JETSPEC block is L + 1, which the worker logs itself right after."""
+
+    PREFIXES = ("DFLASH block size mismatch", "Initialized DFLASH draft runner")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.PREFIXES)
+
+
+_DFLASH_SIZING_LOGS = _DropDflashSizingLogs()
+
+
+def fast_topk_width(width: int, on_cuda: bool) -> int:
+    """The k to ask candidate_topk for so that the top-`width` is its first `width` columns: on CUDA the next
+    power of two, since SGLang's tiled lilicorr_topk_lse (kernels/ops/speculative/lilicorr.py:124) falls back to
+    a full-vocabulary torch top-k + logsumexp for any other k (7, the default width -> 8); elsewhere `width`.
+    Example: (7, True) -> 8, (8, True) -> 8, (33, True) -> 64, (7, False) -> 7."""
+    return 1 << (width - 1).bit_length() if on_cuda else width
 
 
 def _check_row_headroom(req_to_token: torch.Tensor, context_len: int) -> None:

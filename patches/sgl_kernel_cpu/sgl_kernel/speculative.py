@@ -10,8 +10,21 @@ import torch
 
 def reconstruct_indices_from_tree_mask(tree_mask, verified_seq_len, positions, retrieve_index, retrieve_next_token,
                                        retrieve_next_sibling, batch_size, draft_token_num) -> None:
+    from sgl_kernel import expect
+
     n, bs = int(draft_token_num), int(batch_size)
-    mask = tree_mask.reshape(bs, n, n).to(torch.bool)
+    op = "speculative.reconstruct_indices_from_tree_mask"  # the CUDA op's checks (jit/csrc/speculative/tree.cuh)
+    expect(op, "tree_mask", tree_mask)
+    if tree_mask.element_size() != 1 or tree_mask.numel() < bs * n * n:
+        raise ValueError(f"sgl_kernel.{op}: tree_mask must hold >= bs*n*n = {bs * n * n} one-byte elements, got "
+                         f"{tree_mask.numel()} x {tree_mask.dtype}")
+    expect(op, "verified_seq_len", verified_seq_len, (bs,), torch.int64)
+    for name, t in dict(positions=positions, retrieve_index=retrieve_index, retrieve_next_token=retrieve_next_token,
+                        retrieve_next_sibling=retrieve_next_sibling).items():
+        expect(op, name, t, dtype=torch.int64)  # [bs * n] or [bs, n]: the CUDA op checks [bs, n], Triton neither
+        if t.numel() != bs * n:
+            raise ValueError(f"sgl_kernel.{op}: {name} has {t.numel()} elements, expected bs * n = {bs * n}")
+    mask = tree_mask.view(-1)[: bs * n * n].view(bs, n, n).to(torch.bool)
     idx = torch.arange(n)
     strict = mask & (idx[None, None, :] < idx[None, :, None])  # [b, i, j]: j is a strict ancestor of i
     depth = strict.sum(-1)
