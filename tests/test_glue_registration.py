@@ -76,7 +76,7 @@ def target():
 def our_hooks() -> dict:
     """target -> number of JETSPEC hook entries registered on it."""
     ours = {hooks.rewrite_draft_architecture, hooks.graph_spec_info, hooks.keep_embeds_dtype, hooks.validate_request,
-            hooks.resolve_algorithm_alias, hooks.widen_row_headroom}
+            hooks.resolve_algorithm_alias, hooks.widen_row_headroom, hooks.report_budget}
     from jetspec_sglang.glue.cpu_attention import forward_extend_target_verify
 
     ours.add(forward_extend_target_verify)

@@ -160,3 +160,58 @@ def test_budget_ladder_identical_to_plain(smollm2_dir, smollm2_head, server_logs
         server.stop()
     for i, (spec_out, plain) in enumerate(zip(outs, plain_outputs)):
         assert spec_out["output_ids"] == plain["output_ids"], f"prompt {i} differs under the budget ladder"
+
+
+def _budget_server(smollm2_head, smollm2_dir, log, env):
+    from jetspec_sglang.serving import Server, ServerSpec
+
+    spec = ServerSpec(model=smollm2_dir, head=smollm2_head, budget=16, depth=7, max_running_requests=8,
+                      extra_args=["--decode-log-interval", "5"], env=dict({"JETSPEC_TREE_WIDTH": "4"}, **env))
+    return Server(spec, log).start()
+
+
+def _budget_state(server) -> dict:
+    status, info = server.get("/get_server_info")
+    assert status == 200
+    return info["internal_states"][0]["jetspec_budget"]
+
+
+def test_budget_switching_every_step_identical_to_plain(smollm2_dir, smollm2_head, server_logs, plain_outputs,
+                                                        prompts):
+    """JETSPEC_BUDGET_SCHEDULE forces a different budget at every decode step (mid-request switches through
+    16, 1 (no draft), 4 and 2 (< L + 1), 8), at concurrency 1 and 8: outputs equal plain decoding."""
+    schedule = [16, 1, 4, 2, 8, 1, 16, 4]
+    server = _budget_server(smollm2_head, smollm2_dir, server_logs / "jetspec-schedule.log",
+                            {"JETSPEC_BUDGET_SCHEDULE": ",".join(map(str, schedule))})
+    try:
+        outs = {c: _run(server, prompts[:8], c) for c in (1, 8)}
+        state = _budget_state(server)
+    finally:
+        server.stop()
+    for c, got in outs.items():
+        for i, (spec_out, plain) in enumerate(zip(got, plain_outputs)):
+            assert spec_out["output_ids"] == plain["output_ids"], f"prompt {i} differs at concurrency {c}"
+    assert state["policy"] == "schedule" and set(state["chosen"]) == {str(n) for n in schedule}
+    assert "JETSPEC budget (schedule): N=" in server.log_path.read_text()
+
+
+def test_auto_budget_identical_to_plain_and_reported(smollm2_dir, smollm2_head, server_logs, plain_outputs,
+                                                     prompts):
+    """The default policy (auto; here with 50 % of decode time allowed for exploration, so that it switches often):
+    outputs equal plain decoding; /get_server_info reports its choices and estimates, the log its choices."""
+    server = _budget_server(smollm2_head, smollm2_dir, server_logs / "jetspec-auto.log",
+                            {"JETSPEC_BUDGET_EXPLORE": "0.5"})
+    try:
+        outs = {c: _run(server, prompts[:8], c) for c in (1, 8)}
+        state = _budget_state(server)
+    finally:
+        server.stop()
+    for c, got in outs.items():
+        for i, (spec_out, plain) in enumerate(zip(got, plain_outputs)):
+            assert spec_out["output_ids"] == plain["output_ids"], f"prompt {i} differs at concurrency {c}"
+    assert state["policy"] == "auto" and state["candidates"] == [1, 2, 4, 8, 16]
+    assert len(state["chosen"]) >= 3 and state["explored_steps"] > 0, state
+    assert state["accept_length"]["1"] == 1.0 and state["accept_length"]["16"] > 1.0, state
+    assert all(state["round_ms"][str(n)] > 0 for n in state["candidates"]), state
+    log = server.log_path.read_text()
+    assert "JETSPEC budget (auto): N=" in log and "round_ms[" in log
