@@ -14,6 +14,7 @@ its formulas are in docs/auto-budget.md. Words (budget, accepted, bonus) as defi
 from __future__ import annotations
 
 import bisect
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -101,11 +102,14 @@ class CostModel:
         self.weight, self.clip = weight, clip
         self.cells: dict[tuple[int, int], Cell] = {}
         self._batches: dict[int, list[int]] = {}  # budget -> sorted batch sizes with a cell
+        self._by_batch: dict[int, dict[int, Cell]] = {}  # batch -> budget -> cell
+        self._recent: dict[tuple[int, int], int] = {}  # (budget, half-octave batch bucket) -> latest step
 
     def observe(self, batch: int, budget: int, seconds: float, step: int) -> None:
+        self._recent[(budget, _bucket(batch))] = step
         cell = self.cells.get((batch, budget))
         if cell is None:
-            self.cells[(batch, budget)] = Cell(seconds, 1, step)
+            self.cells[(batch, budget)] = self._by_batch.setdefault(batch, {})[budget] = Cell(seconds, 1, step)
             bisect.insort(self._batches.setdefault(budget, []), batch)
             return
         seconds = min(max(seconds, cell.seconds / self.clip), cell.seconds * self.clip)
@@ -136,14 +140,20 @@ class CostModel:
             return t_lo + (t_hi - t_lo) * (batch - lo) / (hi - lo)
         near = batches[0] if j == 0 else batches[-1]
         t_near = self.cells[(near, budget)].seconds
-        refs = [(c.step, m) for (b, m), c in self.cells.items() if b == batch and (near, m) in self.cells]
+        refs = [(c.step, m) for m, c in self._by_batch.get(batch, {}).items() if (near, m) in self.cells]
         if refs:
             _, m = max(refs)
             return t_near * self.cells[(batch, m)].seconds / self.cells[(near, m)].seconds
         return t_near
 
-    def last_step(self, batch: int, budget: int, spread: float = 1.5) -> int | None:
-        """Latest decode step at which `budget` was measured with a batch within a factor `spread` of `batch`."""
-        steps = [c.step for (b, m), c in self.cells.items()
-                 if m == budget and batch / spread <= b <= batch * spread]
+    def last_step(self, batch: int, budget: int) -> int | None:
+        """Latest decode step at which `budget` was measured with a batch in the half-octave bucket of `batch` or
+        a neighbouring one (batch 8 -> batches 6..11)."""
+        bucket = _bucket(batch)
+        steps = [s for k in (bucket - 1, bucket, bucket + 1) if (s := self._recent.get((budget, k))) is not None]
         return max(steps) if steps else None
+
+
+def _bucket(batch: int) -> int:
+    """Half-octave bucket: round(2 * log2(batch)); 1 -> 0, 2 -> 2, 3 -> 3, 4 -> 4, 8 -> 6, 16 -> 8."""
+    return round(2 * math.log2(max(batch, 1)))

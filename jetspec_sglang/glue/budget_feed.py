@@ -11,6 +11,7 @@ import logging
 import time
 from collections import Counter, deque
 
+import numpy as np
 import torch
 
 from jetspec_sglang.budget import BudgetChooser
@@ -51,15 +52,18 @@ class BudgetFeed:
         if not self._learn or budget < 2 or accept_index.numel() == 0:
             return
         bs = accept_index.shape[0]
+        if accept_index.device.type != "cuda":  # host memory already: numpy is the cheapest path
+            index_BP = accept_index.numpy()
+            valid_BP = index_BP >= 0
+            local = (index_BP - np.arange(bs)[:, None] * budget)[valid_BP]
+            self.chooser.observe_paths(np.bincount(local, minlength=budget)[:budget], budget)
+            return
+        if not self._free:
+            return
         valid_BP = accept_index >= 0
         local_BP = (accept_index.long() - torch.arange(bs, device=accept_index.device)[:, None] * budget) * valid_BP
         counts_N = torch.zeros(budget, dtype=torch.float32, device=accept_index.device)
         counts_N.scatter_add_(0, local_BP.reshape(-1), valid_BP.reshape(-1).float())  # no host sync (no bincount)
-        if counts_N.device.type != "cuda":
-            self.chooser.observe_paths(counts_N.tolist(), budget)
-            return
-        if not self._free:
-            return
         pinned = self._free.pop()
         pinned[:budget].copy_(counts_N, non_blocking=True)
         event = torch.cuda.Event()
@@ -69,7 +73,7 @@ class BudgetFeed:
     def _drain(self) -> None:
         while self._inflight and self._inflight[0][0].query():  # query() never blocks
             _, pinned, budget = self._inflight.popleft()
-            self.chooser.observe_paths(pinned[:budget].tolist(), budget)
+            self.chooser.observe_paths(pinned[:budget].numpy(), budget)
             self._free.append(pinned)
 
     def _tick(self) -> None:
