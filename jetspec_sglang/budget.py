@@ -61,7 +61,8 @@ class BudgetChooser:
     # --- the decode loop ------------------------------------------------------------------------------------------
     def begin_step(self, batch: int, now: float) -> int:
         """Budget for this decode step of `batch` requests starting at `now` (seconds, monotonic)."""
-        self._close_interval(now)
+        if self.policy in ("auto", "schedule"):  # fixed and ladder keep only the counts
+            self._close_interval(now)
         self.step += 1
         self._last_batch = batch
         extra = None
