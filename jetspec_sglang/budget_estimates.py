@@ -23,8 +23,9 @@ import numpy as np
 class AcceptanceModel:
     """Per-rank hit rates with a memory of `memory` request-observations per rank (older evidence is scaled down,
     an exponential moving average in requests). A second, short memory (`fast_memory`) follows the same ranks;
-    when it departs from the long one by more than its noise (4 sigma + 0.02, sigma of the long estimate), the long one restarts from it: a
-    head or workload that changes is followed within a few dozen requests, a stationary one is measured finely."""
+    when it departs from the long one by more than its noise (4 sigma + 0.02, sigma of the long estimate at the
+    short memory's size), the long one restarts from it: a head or workload that changes is followed after a few
+    steps that verify the rank, a stationary one is measured finely."""
 
     def __init__(self, max_budget: int, memory: float = 256.0, fast_memory: float = 8.0):
         if max_budget < 1 or not 0 < fast_memory <= memory:
