@@ -156,8 +156,9 @@ def config_from_env(environ=None, **explicit) -> JetSpecConfig:
         except ConfigError:
             raise
         except ValueError:
+            what = "budget ('auto' or an int)" if var == "JETSPEC_BUDGET" else parse.__name__
             example = "auto" if var == "JETSPEC_BUDGET" else repr(getattr(JetSpecConfig, field))
-            raise ConfigError(f"{var}={raw!r} is not a valid {field}; unset it or give e.g. {var}={example}") from None
+            raise ConfigError(f"{var}={raw!r} is not a valid {what}; unset it or give e.g. {var}={example}") from None
     if fields.get("budget") == AUTO:
         del fields["budget"]
     elif "budget" in fields:

@@ -203,7 +203,7 @@ def fresh_process(tmp_path_factory):
 def test_applied_every_hook(fresh_process):
     import pkgutil
 
-    assert len(fresh_process["targets"]) == 7  # on CPU: H1-H7
+    assert len(fresh_process["targets"]) == 8  # on CPU: H1-H8
     for target in fresh_process["targets"]:
         assert target in HookRegistry._patched, target
         assert pkgutil.resolve_name(target) is not fresh_process["originals"][target], target

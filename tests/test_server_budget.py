@@ -30,8 +30,14 @@ def _run(server, prompts, concurrency):
 
 
 @pytest.fixture(scope="module")
-def plain_outputs(plain_server, prompts):
-    return _run(plain_server, prompts, 4)
+def plain_outputs(smollm2_dir, server_logs, prompts):
+    from jetspec_sglang.serving import Server, ServerSpec
+
+    server = Server(ServerSpec(model=smollm2_dir, extra_args=list(SERVER_FLAGS)), server_logs / "plain-8.log").start()
+    try:
+        return _run(server, prompts, 4)
+    finally:
+        server.stop()
 
 
 def _serve_and_compare(smollm2_dir, smollm2_head, log, env, prompts, plain_outputs) -> tuple[dict, str]:
