@@ -1,10 +1,12 @@
-"""Serving benchmark: plain decoding vs JETSPEC (trees at several budgets, chain, budget ladders) on real prompts.
+"""Serving benchmark: plain decoding vs JETSPEC (fixed trees, chain, auto budget, ladders) on real prompts.
 
 Starts one SGLang server at a time on 127.0.0.1 (or attaches to servers you run) and drives each with SGLang's
 own client, `sglang.benchmark.serving` (serving_client.py): greedy, EOS honoured, a fixed output cap, prompts from
 the GSM8K/HumanEval/MT-Bench/ShareGPT evaluation splits rendered with the target's chat template, swept over
 max-concurrency and Poisson request rates. Every JETSPEC output is compared with plain decoding's for the same
 prompt (serving_report.py); any mismatch makes the exit code 1 unless --allow-mismatch (3: a run failed).
+JETSPEC's auto budget (the server default) runs beside the fixed budgets unless --no-auto; the report shows, per
+point, the budgets it chose and its estimates (from /get_server_info).
 Writes under --out: results.json (every record), results.md, throughput_vs_concurrency.png,
 latency_vs_rate.png, prompts/ (the request files), raw/ (bench_serving's own JSONL), logs/ (servers, clients).
 
@@ -66,6 +68,7 @@ class Args:
     depth: int | None
     width: int
     chain: bool
+    auto: bool
     ladders: tuple
     groups: tuple
     prompts_per_dataset: int
@@ -106,6 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--depth", type=int, default=None, help="draft depth L (default: the head's block_size - 1)")
     p.add_argument("--width", type=int, default=7, help="JETSPEC_TREE_WIDTH of the tree and ladder configs")
     p.add_argument("--no-chain", dest="chain", action="store_false", help="skip the chain config (width 1, L+1)")
+    p.add_argument("--no-auto", dest="auto", action="store_false",
+                   help="skip the auto-budget config (JETSPEC_BUDGET=auto up to the largest --budgets value)")
     p.add_argument("--ladder", action="append", default=[], metavar="M:B,...",
                    help="a JETSPEC_BUDGET_LADDER config, e.g. 1:16,4:8,16:1 (repeatable)")
     p.add_argument("--groups", nargs="+", default=["gsm8k+humaneval", "mtbench+sharegpt"],
@@ -155,15 +160,16 @@ def parse(argv=None) -> Args:
         parser.error(f"--concurrency {a.concurrency} must be >= 1 and --request-rates {a.request_rates} > 0")
     if a.output_len < 4:
         parser.error(f"--output-len {a.output_len}: bench_serving needs at least 4")
-    speculative = bool(a.budgets or a.chain or a.ladder)
+    speculative = bool(a.budgets or a.chain or a.ladder or a.auto)
     if not a.attach and speculative and not a.head:
-        parser.error("JETSPEC configs need --head DIR (or pass --budgets with no values, --no-chain and no --ladder)")
+        parser.error("JETSPEC configs need --head DIR (or pass --budgets with no values, --no-chain, --no-auto and "
+                     "no --ladder)")
     rate_cap = a.rate_max_concurrency or (max(a.concurrency) if a.concurrency else None)
     running = a.max_running_requests or max(a.concurrency + ([rate_cap] if rate_cap else []))
     depth = a.depth if a.depth is not None else (head_depth(a.head) if a.head else None)
     return Args(model=a.model, head=a.head, attach=tuple(a.attach), out=Path(a.out), device=a.device,
                 dtype=None if a.dtype == "auto" else a.dtype, budgets=tuple(a.budgets), depth=depth, width=a.width,
-                chain=a.chain, ladders=tuple(a.ladder), groups=tuple(a.groups),
+                chain=a.chain, auto=a.auto, ladders=tuple(a.ladder), groups=tuple(a.groups),
                 prompts_per_dataset=a.prompts_per_dataset, output_len=a.output_len,
                 concurrency=tuple(a.concurrency), request_rates=tuple(a.request_rates), waves=a.waves,
                 min_prompts=a.min_prompts, rate_num_prompts=a.rate_num_prompts, rate_max_concurrency=rate_cap,
@@ -226,6 +232,7 @@ def run_sweep(args: Args, configs, files: dict, model: str, results: dict, save)
         mine = [(g, p, raw_dir / f"{g}_{p.key}.jsonl") for g in args.groups for p in points[g]]
         done = [m for m in mine if args.resume and m[2].is_file() and m[2].read_text().strip()]
         pending = [m for m in mine if m not in done]
+        last_chosen: dict = {}  # the budget counts of the previous point on this server (they are cumulative)
 
         def finish(group, point, out_file, raw) -> None:
             try:
@@ -234,6 +241,12 @@ def run_sweep(args: Args, configs, files: dict, model: str, results: dict, save)
                 record = make_record(raw, group, config.as_dict(), point,
                                      prompt_order(files[group][0], args.seed, point.num_prompts))
                 check_prompt_lens(record, files[group][1])
+                state = record.get("budget_state")
+                if state:
+                    record["budget_chosen"] = {n: c - last_chosen.get(n, 0) for n, c in state["chosen"].items()
+                                               if c - last_chosen.get(n, 0)}
+                    last_chosen.clear()
+                    last_chosen.update(state["chosen"])
                 results["records"].append(record)
             except RunError as e:
                 results["failures"].append({"config": config.name, "group": group, "point": point.key,
@@ -276,7 +289,7 @@ def run_sweep(args: Args, configs, files: dict, model: str, results: dict, save)
 def main(argv=None) -> int:
     args = parse(argv)
     configs = attached_configs(list(args.attach)) if args.attach else \
-        sweep_configs(args.budgets, args.depth, args.width, args.chain, args.ladders)
+        sweep_configs(args.budgets, args.depth, args.width, args.chain, args.ladders, auto=args.auto)
     if args.dry_run:
         for c in configs:
             print(json.dumps(c.as_dict()))

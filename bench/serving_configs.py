@@ -1,7 +1,8 @@
 """The server configurations a serving sweep compares, and the ServerSpec that starts each one.
 
-A configuration is plain decoding, a JETSPEC tree at one budget, the JETSPEC chain (width 1, budget depth + 1),
-a JETSPEC budget ladder (JETSPEC_BUDGET_LADDER) or a server the user runs (attached by URL). Imports no sglang;
+A configuration is plain decoding, a JETSPEC tree at one fixed budget (JETSPEC_BUDGET=N), the JETSPEC chain (width 1,
+budget depth + 1), JETSPEC's automatic budget (JETSPEC_BUDGET=auto, the server default) up to the largest budget, a
+JETSPEC budget ladder (JETSPEC_BUDGET_LADDER) or a server the user runs (attached by URL). Imports no sglang;
 the ladder syntax and checks are jetspec_sglang.config's, so a bad ladder fails here, before any server starts.
 """
 from __future__ import annotations
@@ -14,14 +15,14 @@ from jetspec_sglang.config import JetSpecConfig, parse_ladder
 from jetspec_sglang.serving import ServerSpec
 
 PLAIN = "plain"
-KINDS = ("plain", "tree", "chain", "ladder", "attached")
+KINDS = ("plain", "tree", "chain", "auto", "ladder", "attached")
 
 
 @dataclass(frozen=True)
 class ServerConfig:
     name: str  # unique in a sweep; the key of every record, table row and plot line
     kind: str  # one of KINDS
-    budget: int | None = None  # --speculative-num-draft-tokens (root included); a ladder's largest step
+    budget: int | None = None  # --speculative-num-draft-tokens (root included); auto's / a ladder's largest
     depth: int | None = None  # --speculative-num-steps
     width: int | None = None  # JETSPEC_TREE_WIDTH
     ladder: str | None = None  # JETSPEC_BUDGET_LADDER text, e.g. '1:16,4:8,16:1'
@@ -29,7 +30,7 @@ class ServerConfig:
 
     @property
     def speculative(self) -> bool:
-        return self.kind in ("tree", "chain", "ladder")
+        return self.kind in ("tree", "chain", "auto", "ladder")
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -56,14 +57,15 @@ def ladder_config(text: str, depth: int, width: int) -> ServerConfig:
                         ladder=",".join(f"{m}:{b}" for m, b in steps))
 
 
-def sweep_configs(budgets, depth: int | None, width: int, chain: bool, ladders, plain: bool = True) -> list:
-    """Plain first (the reference of every ratio and parity check), then trees, chain and ladders.
+def sweep_configs(budgets, depth: int | None, width: int, chain: bool, ladders, plain: bool = True,
+                  auto: bool = True) -> list:
+    """Plain first (the reference of every ratio and parity check), then fixed trees, chain, auto and ladders.
 
-    budgets (8, 16), depth 7, width 4, chain, ladder '1:16,16:1' ->
-    plain, jetspec-b8, jetspec-b16, chain-l7, ladder-16-1.
+    budgets (8, 16), depth 7, width 4, chain, auto, ladder '1:16,16:1' ->
+    plain, jetspec-b8, jetspec-b16, chain-l7, auto-b16 (auto up to the largest budget), ladder-16-1.
     """
     configs = [ServerConfig(PLAIN, "plain")] if plain else []
-    if (budgets or chain or ladders) and depth is None:
+    if (budgets or chain or ladders or auto) and depth is None:
         raise ValueError("the draft depth is unknown: pass --depth (the head is not a local folder)")
     for budget in budgets:
         JetSpecConfig(budget=budget, depth=depth, width=width)  # raises ConfigError naming the field
@@ -73,6 +75,9 @@ def sweep_configs(budgets, depth: int | None, width: int, chain: bool, ladders, 
         configs.append(ServerConfig(f"jetspec-b{budget}", "tree", budget=budget, depth=depth, width=width))
     if chain:
         configs.append(ServerConfig(f"chain-l{depth}", "chain", budget=depth + 1, depth=depth, width=1))
+    if auto:
+        top = max(list(budgets) + [depth + 1])
+        configs.append(ServerConfig(f"auto-b{top}", "auto", budget=top, depth=depth, width=width))
     configs += [ladder_config(text, depth, width) for text in ladders]
     names = [c.name for c in configs]
     if len(set(names)) != len(names):
@@ -104,6 +109,10 @@ def server_spec(config: ServerConfig, model: str, head: str | None, device: str,
     env = {}
     if config.speculative:
         env["JETSPEC_TREE_WIDTH"] = str(config.width)
+    if config.kind in ("tree", "chain"):
+        env["JETSPEC_BUDGET"] = str(config.budget)  # fixed: the server default is auto
+    elif config.kind == "auto":
+        env["JETSPEC_BUDGET"] = "auto"
     if config.kind == "ladder":
         env["JETSPEC_BUDGET_LADDER"] = config.ladder
     return ServerSpec(model=model, head=head if config.speculative else None, budget=config.budget,

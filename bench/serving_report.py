@@ -137,6 +137,25 @@ def summary_table(records: list[dict], group: str) -> list[str]:
     return _table(["config"] + points, rows)
 
 
+def budget_table(records: list[dict], group: str) -> list[str]:
+    """Auto-budget servers: per point, the share of decode steps at each budget and the estimates at the end
+    of the point (accept length and round ms per candidate budget, at the last batch size)."""
+    mine = [r for r in records if r["group"] == group and (r.get("budget_state") or {}).get("policy") == "auto"]
+    rows = []
+    for r in mine:
+        state, chosen = r["budget_state"], r.get("budget_chosen") or {}
+        total = sum(chosen.values()) or 1
+        share = " ".join(f"{n}:{100 * c / total:.0f}%" for n, c in sorted(chosen.items(), key=lambda x: int(x[0])))
+        tau = " ".join(f"{n}:{v:.2f}" for n, v in state.get("accept_length", {}).items())
+        cost = " ".join(f"{n}:{'?' if v is None else f'{v:.0f}'}" for n, v in state.get("round_ms", {}).items())
+        rows.append([r["config"], r["point"], share, str(state.get("current")), str(state.get("batch")), tau, cost,
+                     f"{100 * state.get('explore_time_fraction', 0):.1f}%"])
+    if not rows:
+        return []
+    return _table(["config", "point", "steps per budget", "current", "batch", "accept length (est.)",
+                   "round ms (est.)", "explore time"], rows)
+
+
 def detail_table(records: list[dict], group: str, mode: str) -> list[str]:
     mine = [r for r in records if r["group"] == group and r["mode"] == mode]
     key = (lambda r: r["max_concurrency"]) if mode == CONCURRENCY else (lambda r: r["request_rate"])
@@ -179,6 +198,10 @@ def markdown(records: list[dict], checks: list[dict], plain_checks: list[dict], 
     lines += _parity_lines(plain_checks, "plain") + [""]
     for group in dict.fromkeys(r["group"] for r in records):
         lines += [f"## {group}: output tok/s (× plain)", ""] + summary_table(records, group) + [""]
+        budgets = budget_table(records, group)
+        if budgets:
+            lines += [f"### {group}: budgets chosen by auto (first point includes warm-up and start-up probe)",
+                      ""] + budgets + [""]
         for mode, title in ((CONCURRENCY, "max concurrency"), (RATE, "Poisson request rate (req/s)")):
             if any(r["group"] == group and r["mode"] == mode for r in records):
                 lines += [f"### {group}: {title}", ""] + detail_table(records, group, mode) + [""]

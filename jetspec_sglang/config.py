@@ -31,7 +31,10 @@ class JetSpecConfig:
     top2gap_beta: float = 2.0  # top2gap: cap_d = max(1, round(K * sigmoid(-beta * (gap_d - gap0))))
     top2gap_gap0: float = 1.0
     backend: str = "auto"  # ops dispatch: "auto" = Triton on CUDA tensors, PyTorch twins elsewhere
-    budget_ladder: tuple[tuple[int, int], ...] = DEFAULT_LADDER  # load-adaptive budget; () = fixed budget
+    budget_ladder: tuple[tuple[int, int], ...] = DEFAULT_LADDER  # load-adaptive budget; () = auto or fixed
+    budget_auto: bool = True  # JETSPEC_BUDGET=auto (default): per-step budget <= `budget` (budget.py); =N: fixed
+    budget_explore: float = 0.02  # auto: at most this fraction of decode time re-measures other budgets
+    budget_schedule: tuple[int, ...] = ()  # test mode: budgets cycled step by step, overriding every other rule
 
     def __post_init__(self) -> None:
         _check_int("budget", self.budget, 1, MAX_BUDGET, "JETSPEC_BUDGET / --speculative-num-draft-tokens")
@@ -47,6 +50,12 @@ class JetSpecConfig:
         if self.top2gap_gap0 != self.top2gap_gap0:  # NaN
             raise ConfigError("top2gap_gap0=nan must be a number; set JETSPEC_TOP2GAP_GAP0 to e.g. 1.0")
         _check_ladder(self.budget_ladder, self.budget)
+        if not (0.0 <= self.budget_explore <= 1.0):
+            raise ConfigError(f"budget_explore={self.budget_explore!r} must be in [0, 1]; set JETSPEC_BUDGET_EXPLORE "
+                              "to e.g. 0.02 (0 turns re-measuring off)")
+        for step_budget in self.budget_schedule:
+            _check_int("budget_schedule budget", step_budget, 1, self.budget,
+                       f"JETSPEC_BUDGET_SCHEDULE (comma-separated budgets, each <= budget={self.budget})")
 
     def replace(self, **changes) -> "JetSpecConfig":
         return dataclasses.replace(self, **changes)
@@ -100,9 +109,23 @@ def parse_ladder(text: str) -> tuple[tuple[int, int], ...]:
     return tuple(steps)
 
 
+def parse_schedule(text: str) -> tuple[int, ...]:
+    """'16,1,4' -> (16, 1, 4); '' -> ()."""
+    try:
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise ConfigError(f"JETSPEC_BUDGET_SCHEDULE={text!r} is not a list of budgets; use e.g. '16,1,4,8'") from None
+
+
+def parse_budget(text: str) -> int | str:
+    """'auto' -> 'auto'; '16' -> 16 (a fixed budget)."""
+    return AUTO if text.strip().lower() == AUTO else int(text)
+
+
+AUTO = "auto"
 # Environment variable -> (field, parser). Read only by `config_from_env`.
 ENV_VARS = {
-    "JETSPEC_BUDGET": ("budget", int),
+    "JETSPEC_BUDGET": ("budget", parse_budget),
     "JETSPEC_DEPTH": ("depth", int),
     "JETSPEC_TREE_WIDTH": ("width", int),
     "JETSPEC_TREE_ALGO": ("tree_algo", str),
@@ -110,6 +133,8 @@ ENV_VARS = {
     "JETSPEC_TOP2GAP_GAP0": ("top2gap_gap0", float),
     "JETSPEC_OPS_BACKEND": ("backend", str),
     "JETSPEC_BUDGET_LADDER": ("budget_ladder", parse_ladder),
+    "JETSPEC_BUDGET_EXPLORE": ("budget_explore", float),
+    "JETSPEC_BUDGET_SCHEDULE": ("budget_schedule", parse_schedule),
 }
 
 
@@ -117,6 +142,8 @@ def config_from_env(environ=None, **explicit) -> JetSpecConfig:
     """Build a JetSpecConfig from JETSPEC_* variables; `explicit` fields (e.g. from server flags) win.
 
     `explicit` values that are None are ignored, so callers can pass optional flags straight through.
+    JETSPEC_BUDGET=auto (or unset) leaves budget_auto True; JETSPEC_BUDGET=N sets budget N and budget_auto False
+    (an explicit budget, e.g. --speculative-num-draft-tokens, still wins for the value).
     """
     environ = os.environ if environ is None else environ
     fields = {}
@@ -129,7 +156,12 @@ def config_from_env(environ=None, **explicit) -> JetSpecConfig:
         except ConfigError:
             raise
         except ValueError:
-            raise ConfigError(f"{var}={raw!r} is not a valid {parse.__name__}; unset it or give e.g. "
-                              f"{var}={getattr(JetSpecConfig, field)!r}") from None
+            what = "budget ('auto' or an int)" if var == "JETSPEC_BUDGET" else parse.__name__
+            example = "auto" if var == "JETSPEC_BUDGET" else repr(getattr(JetSpecConfig, field))
+            raise ConfigError(f"{var}={raw!r} is not a valid {what}; unset it or give e.g. {var}={example}") from None
+    if fields.get("budget") == AUTO:
+        del fields["budget"]
+    elif "budget" in fields:
+        fields["budget_auto"] = False
     fields.update({k: v for k, v in explicit.items() if v is not None})
     return JetSpecConfig(**fields)

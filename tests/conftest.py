@@ -94,7 +94,8 @@ def plain_server(smollm2_dir, server_logs):
 def jetspec_server(smollm2_dir, smollm2_head, server_logs):
     from jetspec_sglang.serving import ServerSpec
 
-    spec = ServerSpec(model=smollm2_dir, head=smollm2_head, budget=16, depth=15)
+    # A fixed budget (JETSPEC_BUDGET=16): tests of this server rely on multi-token steps; auto is tested apart.
+    spec = ServerSpec(model=smollm2_dir, head=smollm2_head, budget=16, depth=15, env={"JETSPEC_BUDGET": "16"})
     server = _server(spec, server_logs / "jetspec.log")
     yield server
     server.stop()

@@ -43,8 +43,9 @@ def test_sweep_points_clamp_and_keys():
 
 def test_sweep_configs_names_and_server_flags():
     configs = sweep_configs([8, 16], depth=7, width=4, chain=True, ladders=["1:16,4:8,16:1"])
-    assert [c.name for c in configs] == ["plain", "jetspec-b8", "jetspec-b16", "chain-l7", "ladder-16-8-1"]
-    chain, ladder = configs[3], configs[4]
+    assert [c.name for c in configs] == ["plain", "jetspec-b8", "jetspec-b16", "chain-l7", "auto-b16",
+                                         "ladder-16-8-1"]
+    chain, auto, ladder = configs[3], configs[4], configs[5]
     assert (chain.budget, chain.depth, chain.width) == (8, 7, 1)
     assert (ladder.budget, ladder.ladder) == (16, "1:16,4:8,16:1")
     plain_cmd = server_spec(configs[0], "M", "H", "cpu", "float32", 8192, 16, ["--x"]).command(1234)
@@ -54,7 +55,13 @@ def test_sweep_configs_names_and_server_flags():
     assert cmd[cmd.index("--speculative-num-draft-tokens") + 1] == "16"
     assert cmd[cmd.index("--speculative-num-steps") + 1] == "7"
     assert spec.env == {"JETSPEC_TREE_WIDTH": "4", "JETSPEC_BUDGET_LADDER": "1:16,4:8,16:1"}
-    assert server_spec(chain, "M", "H", "cpu", None, 8192, None, []).env == {"JETSPEC_TREE_WIDTH": "1"}
+    assert server_spec(chain, "M", "H", "cpu", None, 8192, None, []).env == {"JETSPEC_TREE_WIDTH": "1",
+                                                                              "JETSPEC_BUDGET": "8"}
+    assert (auto.kind, auto.budget) == ("auto", 16)
+    assert server_spec(auto, "M", "H", "cpu", None, 8192, None, []).env == {"JETSPEC_TREE_WIDTH": "4",
+                                                                             "JETSPEC_BUDGET": "auto"}
+    assert [c.name for c in sweep_configs([8], depth=7, width=4, chain=False, ladders=[], auto=False)] == \
+        ["plain", "jetspec-b8"]
 
 
 def test_sweep_configs_refuse_bad_input():
@@ -276,7 +283,8 @@ def test_ratios_markdown_and_plots(tmp_path):
 
 @pytest.mark.server
 def test_tiny_sweep_end_to_end(tmp_path):
-    """plain + one JETSPEC config on the tiny Qwen3, concurrency 1 and 2: files written, outputs identical."""
+    """plain, a fixed JETSPEC budget and auto on the tiny Qwen3, concurrency 1 and 2: files written, outputs
+    identical, the auto server's budget choices in the records and the report."""
     from transformers import AutoConfig, AutoTokenizer
 
     from jetspec_sglang.draft_head import init_draft_head, save_draft_head
@@ -299,8 +307,12 @@ def test_tiny_sweep_end_to_end(tmp_path):
     assert code == 0
     assert (out / "results.md").is_file() and (out / "throughput_vs_concurrency.png").stat().st_size > 1000
     records = {(r["config"], r["point"]): r for r in results["records"]}
-    assert set(records) == {("plain", "c1"), ("plain", "c2"), ("jetspec-b8", "c1"), ("jetspec-b8", "c2")}
+    assert set(records) == {(c, p) for c in ("plain", "jetspec-b8", "auto-b8") for p in ("c1", "c2")}
     assert all(r["completed"] == 4 and r["failed"] == 0 for r in records.values())
     assert records[("jetspec-b8", "c1")]["accept_length"] >= 1.0  # read by bench_serving from /server_info
     assert records[("jetspec-b8", "c1")]["server_info"]["speculative_algorithm"] == "JETSPEC"
-    assert [(e["compared"], e["mismatches"]) for e in results["parity"]] == [(4, 0), (4, 0)]
+    assert records[("jetspec-b8", "c1")]["budget_state"]["policy"] == "fixed"
+    auto = records[("auto-b8", "c2")]
+    assert auto["budget_state"]["policy"] == "auto" and sum(auto["budget_chosen"].values()) > 0
+    assert "budgets chosen by auto" in (out / "results.md").read_text()
+    assert [(e["compared"], e["mismatches"]) for e in results["parity"]] == [(4, 0)] * 4

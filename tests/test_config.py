@@ -115,11 +115,13 @@ def test_config_from_env_reads_every_variable():
     env = {
         "JETSPEC_BUDGET": "128", "JETSPEC_DEPTH": " 20 ", "JETSPEC_TREE_WIDTH": "5", "JETSPEC_TREE_ALGO": "top2gap",
         "JETSPEC_TOP2GAP_BETA": "1.5", "JETSPEC_TOP2GAP_GAP0": "-0.25", "JETSPEC_OPS_BACKEND": "torch",
-        "JETSPEC_BUDGET_LADDER": "1:128,8:32", "UNRELATED": "x",
+        "JETSPEC_BUDGET_LADDER": "1:128,8:32", "JETSPEC_BUDGET_EXPLORE": "0.05", "JETSPEC_BUDGET_SCHEDULE": "128,1",
+        "UNRELATED": "x",
     }
     cfg = config_from_env(env)
     assert cfg == JetSpecConfig(budget=128, depth=20, width=5, tree_algo="top2gap", top2gap_beta=1.5,
-                                top2gap_gap0=-0.25, backend="torch", budget_ladder=((1, 128), (8, 32)))
+                                top2gap_gap0=-0.25, backend="torch", budget_ladder=((1, 128), (8, 32)),
+                                budget_auto=False, budget_explore=0.05, budget_schedule=(128, 1))
     assert set(ENV_VARS) == {k for k in env if k.startswith("JETSPEC_")}, "every JETSPEC_* variable is covered"
 
 

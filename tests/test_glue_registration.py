@@ -76,7 +76,7 @@ def target():
 def our_hooks() -> dict:
     """target -> number of JETSPEC hook entries registered on it."""
     ours = {hooks.rewrite_draft_architecture, hooks.graph_spec_info, hooks.keep_embeds_dtype, hooks.validate_request,
-            hooks.resolve_algorithm_alias, hooks.widen_row_headroom}
+            hooks.resolve_algorithm_alias, hooks.widen_row_headroom, hooks.report_budget}
     from jetspec_sglang.glue.cpu_attention import forward_extend_target_verify
 
     ours.add(forward_extend_target_verify)
@@ -203,7 +203,7 @@ def fresh_process(tmp_path_factory):
 def test_applied_every_hook(fresh_process):
     import pkgutil
 
-    assert len(fresh_process["targets"]) == 7  # on CPU: H1-H7
+    assert len(fresh_process["targets"]) == 8  # on CPU: H1-H8
     for target in fresh_process["targets"]:
         assert target in HookRegistry._patched, target
         assert pkgutil.resolve_name(target) is not fresh_process["originals"][target], target

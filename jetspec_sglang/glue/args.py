@@ -1,9 +1,10 @@
 """Server-argument validation and defaults for JETSPEC (a plugin cannot add flags; JETSPEC_* variables fill in).
 
 Flag mapping: --speculative-num-draft-tokens = tree budget N (root included); --speculative-num-steps = depth L
-(draft block L + 1); --speculative-draft-model-path = the head. Width, tree algorithm, ops backend and the
-budget ladder come from JETSPEC_* variables (jetspec_sglang.config). Both functions receive SGLang's recording
-stand-in (overrides.py:139): reads see the resolving view, writes become declared resolutions.
+(draft block L + 1, and N is the largest budget of JETSPEC_BUDGET=auto); --speculative-draft-model-path = the head.
+Width, tree algorithm, ops backend and the budget policy (auto by default, fixed, ladder) come from JETSPEC_*
+variables (jetspec_sglang.config). Both functions receive SGLang's recording stand-in (overrides.py:139): reads
+see the resolving view, writes become declared resolutions.
 Every rejection names the flag or variable, the value and the fix, and happens before any process starts.
 """
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 
+from jetspec_sglang.budget import policy_of
 from jetspec_sglang.config import MAX_BUDGET, ConfigError, config_from_env
 
 logger = logging.getLogger(__name__)
@@ -245,16 +247,16 @@ def handle_server_args(sa) -> None:
         sa.speculative_draft_attention_backend = sa.speculative_draft_attention_backend or sa.attention_backend
     if sa.max_running_requests is None:
         sa.max_running_requests = DEFAULT_MAX_RUNNING["cpu" if _is_cpu(sa) else "gpu"]
-    ladder = config_from_env(budget=budget, depth=depth).budget_ladder
-    if ladder and not _is_cpu(sa):
-        # The target verify graph is captured at one width (N); ladder budgets below N would replay no graph.
-        # Run decode eagerly rather than mixing graphed and eager steps.
+    policy = policy_of(config_from_env(budget=budget, depth=depth))
+    if policy != "fixed" and not _is_cpu(sa):
+        # The target verify graph is captured at one width (N); budgets below N would replay no graph. Run decode
+        # eagerly rather than mixing graphed and eager steps (docs/auto-budget.md, "CUDA graphs").
         from sglang.srt.model_executor.cuda_graph_config import Backend, CudaGraphConfig, Phase, with_phase
 
         current = sa.cuda_graph_config or CudaGraphConfig()  # unresolved in SGLang's unit-test pattern
         sa.cuda_graph_config = with_phase(current, Phase.DECODE, backend=Backend.DISABLED)
-        logger.warning("JETSPEC_BUDGET_LADDER=%s: decode CUDA graphs are disabled (one captured width cannot "
-                       "serve several budgets); unset the ladder to keep graphs", ladder)
+        logger.warning("JETSPEC budget policy %s: decode CUDA graphs are disabled (one captured width cannot "
+                       "serve several budgets); set JETSPEC_BUDGET=%d (a fixed budget) to keep graphs", policy, budget)
     elif not _is_cpu(sa):
         cap_graph_batch(sa, budget, int(head["vocab_size"]))
     logger.info("JETSPEC budget=%d depth=%d width=%s head=%s", budget, depth,

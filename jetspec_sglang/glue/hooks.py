@@ -17,6 +17,8 @@ VALIDATE_REQUEST = "sglang.srt.speculative.dflash_utils.validate_dflash_request"
 ALGO_ALIAS = "sglang.srt.arg_groups.speculative_hook._resolve_speculative_algorithm_alias"
 TORCH_NATIVE_EXTEND = "sglang.srt.layers.attention.torch_native_backend.TorchNativeAttnBackend.forward_extend"
 ROW_HEADROOM = "sglang.srt.mem_cache.allocation_sizing.get_req_to_token_extra_context_len"
+SERVER_INFO = ("sglang.srt.managers.scheduler_components.internal_state.SchedulerInternalStateController"
+               "._add_speculative")
 
 
 def is_jetspec(algo) -> bool:
@@ -125,6 +127,16 @@ def row_headroom() -> int:
     return get_alloc_reserve_per_decode() + get_alloc_page_size() - 1
 
 
+def report_budget(result, self, state, *args, **kwargs):
+    """AFTER SchedulerInternalStateController._add_speculative: /get_server_info's internal state gains
+    `jetspec_budget`, the budget policy's choice counts and (auto) its estimates (glue/budget_feed.py)."""
+    scheduler = self.scheduler
+    feed = getattr(scheduler.draft_worker, "budget_feed", None)
+    if is_jetspec(scheduler.spec_algorithm) and feed is not None:
+        state["jetspec_budget"] = feed.report()
+    return result
+
+
 def register_hooks(on_cpu: bool) -> None:
     """Register (SGLang applies them at the end of load_plugins, in every process)."""
     from sglang.srt.plugins.hook_registry import HookRegistry, HookType
@@ -135,6 +147,7 @@ def register_hooks(on_cpu: bool) -> None:
     HookRegistry.register(VALIDATE_REQUEST, validate_request, HookType.AROUND)
     HookRegistry.register(ALGO_ALIAS, resolve_algorithm_alias, HookType.AROUND)
     HookRegistry.register(ROW_HEADROOM, widen_row_headroom, HookType.AFTER)
+    HookRegistry.register(SERVER_INFO, report_budget, HookType.AFTER)
     if on_cpu:
         from jetspec_sglang.glue.cpu_attention import forward_extend_target_verify
 
@@ -144,5 +157,6 @@ def register_hooks(on_cpu: bool) -> None:
 def applied_hooks(on_cpu: bool) -> list[str]:
     """Targets that must be patched in this process; the worker checks them at start-up (apply_hooks only logs
     failures, so a hook that did not apply would otherwise surface as wrong tokens)."""
-    return [MODEL_CONFIG, GRAPH_SPEC_INFO, EXTEND_KWARGS, VALIDATE_REQUEST, ALGO_ALIAS, ROW_HEADROOM] + \
+    return [MODEL_CONFIG, GRAPH_SPEC_INFO, EXTEND_KWARGS, VALIDATE_REQUEST, ALGO_ALIAS, ROW_HEADROOM,
+            SERVER_INFO] + \
         ([TORCH_NATIVE_EXTEND] if on_cpu else [])

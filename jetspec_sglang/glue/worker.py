@@ -20,7 +20,7 @@ from sglang.srt.lora.layers import unwrap_lora_layer
 from sglang.srt.managers.scheduler import GenerationBatchResult
 from sglang.srt.model_executor.forward_batch_info import CaptureHiddenMode, ForwardBatch, ForwardMode
 from sglang.srt.models.dflash import candidate_topk
-from sglang.srt.runtime_context import get_schedule, get_spec
+from sglang.srt.runtime_context import get_observability, get_schedule, get_spec
 from sglang.srt.speculative.dflash_worker_v2 import DFlashWorkerV2, _resolve_dflash_embedding_module
 from sglang.srt.speculative.draft_worker_common import build_block_pos_offsets, make_draft_block_spec_info
 from sglang.srt.speculative.draft_worker_common import make_draft_input_v2
@@ -34,6 +34,7 @@ from sglang.srt.utils import is_cpu
 from jetspec_sglang import ops
 from jetspec_sglang.config import config_from_env
 from jetspec_sglang.glue import hooks, limits
+from jetspec_sglang.glue.budget_feed import BudgetFeed
 from jetspec_sglang.tree import empty_tree, top2gap_fanout_caps
 
 logger = logging.getLogger(__name__)
@@ -74,10 +75,12 @@ class JetSpecWorker(DFlashWorkerV2):
                 int(get_schedule().max_running_requests or 1), self.max_budget, int(runner.model_config.vocab_size),
                 torch.cuda.get_device_properties(self.device).total_memory, float(runner.mem_fraction_static))
         self._row_headroom_checked = False  # the req_to_token pool is allocated after this worker is built
-        logger.info("JETSPEC worker: budget=%d depth=%d draft block=%d (head block_size=%s) width=%d algo=%s "
-                    "ladder=%s ops=%s draft model=%s", self.max_budget, self.depth, self.block_size,
-                    getattr(self.draft_model.config, "block_size", None), self.jetspec.width, self.jetspec.tree_algo,
-                    self.jetspec.budget_ladder or "off", self.jetspec.backend, type(self.draft_model).__name__)
+        self.budget_feed = BudgetFeed(self.jetspec, self.device, get_observability().decode_log_interval)
+        logger.info("JETSPEC worker: budget=%d (%s) depth=%d draft block=%d (head block_size=%s) width=%d algo=%s "
+                    "ladder=%s ops=%s draft model=%s", self.max_budget, self.budget_feed.chooser.policy, self.depth,
+                    self.block_size, getattr(self.draft_model.config, "block_size", None), self.jetspec.width,
+                    self.jetspec.tree_algo, self.jetspec.budget_ladder or "off", self.jetspec.backend,
+                    type(self.draft_model).__name__)
 
     def prewarm_sampling(self):
         # DFLASH's rehearsal is B-shaped for its own sampler; JETSPEC samples through eagle_sample.
@@ -94,6 +97,7 @@ class JetSpecWorker(DFlashWorkerV2):
 
     def forward_batch_generation(self, batch, on_publish=None, grammar_barrier=None, pp_proxy_tensors=None):
         if batch.forward_mode.is_extend() or batch.is_extend_in_batch or batch.forward_mode.is_idle():
+            self.budget_feed.interrupt()
             return super().forward_batch_generation(batch, on_publish, grammar_barrier, pp_proxy_tensors)
         return self._decode(batch, on_publish, grammar_barrier)
 
@@ -105,7 +109,7 @@ class JetSpecWorker(DFlashWorkerV2):
             _check_row_headroom(self.model_runner.req_to_token_pool.req_to_token,
                                 self.model_runner.model_config.context_len)
             self._row_headroom_checked = True
-        N = self.jetspec.budget_for_batch(bs)
+        N = self.budget_feed.begin_step(bs)  # fixed, ladder or auto (jetspec_sglang.budget)
         prefix_B = batch.seq_lens  # committed tokens (with target KV); the bonus is the uncached anchor
         bonus_B = batch.spec_info.bonus_tokens.view(-1)
         window_BW = assign_extend_cache_locs_func(
@@ -209,6 +213,7 @@ class JetSpecWorker(DFlashWorkerV2):
                                                     device=verify_input.retrieve_next_token.device,
                                                     barrier=grammar_barrier)
         predict, accept_lens, accept_index = eagle_sample(verify_input, batch, logits_output, grammar_mask)
+        self.budget_feed.observe(accept_index, N)
         new_seq_lens = prefix_B + accept_lens.to(prefix_B.dtype)
         if on_publish is not None:
             on_publish(new_seq_lens)
