@@ -1,15 +1,16 @@
 """Round profile: per-phase wall time of a JETSPEC decode step against the plain decode step, inside real servers.
 
-For each dtype, starts a plain server and one JETSPEC server per tree budget N (side by side, idle ones sleep; the
-same flags besides the --speculative-* ones), all with JETSPEC_PROFILE set (jetspec_sglang/profiling.py: the plugin brackets
-every decode step in Scheduler.run_batch and the worker marks its phases), and for each batch size b sends b
+For each dtype, starts a plain server and one JETSPEC server per tree budget N (side by side, idle ones sleep;
+the same flags besides the --speculative-* ones), all with JETSPEC_PROFILE set (jetspec_sglang/profiling.py: the
+plugin brackets every decode step in Scheduler.run_batch and the worker marks its phases), and for each batch size
+b sends b
 concurrent greedy requests (ignore_eos, --tokens new tokens each) from the GSM8K evaluation split, to each server
 in turn, --reps times (so plain and JETSPEC share the machine's load). Only decode steps that ran with exactly b
 requests count, minus the first --skip of each run. Per (dtype, b, config):
 median step period (start to start of consecutive decode steps, scheduler included), median of each phase, the
 round / plain-step ratio (same dtype, same b) and the accept length tau from the responses.
 
-    python bench/bench_round.py --out runs/bench_round                    # full sweep (~15-25 min on 2 cores)
+    python bench/bench_round.py --out runs/bench_round        # the full sweep (~30 min on 2 quiet cores)
     python bench/bench_round.py --dtypes bfloat16 --budgets 8 16 --batch 1 --out runs/round_quick
 
 Writes OUT/results.json (every summary), OUT/results.md (the README table), OUT/raw/*.jsonl (every step record)
@@ -49,6 +50,9 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--skip", type=int, default=2, help="first decode steps of each run left out")
     p.add_argument("--reps", type=int, default=2, help="runs per server and batch size, alternating servers")
     p.add_argument("--max-total-tokens", type=int, default=8192)
+    p.add_argument("--mem-fraction-static", type=float, default=0.2,
+                   help="server flag (on CPU a fraction of RAM, measured while other processes load; "
+                        "--max-total-tokens caps the pool)")
     p.add_argument("--start-timeout", type=float, default=900)
     p.add_argument("--threads", type=int, default=None,
                    help="OMP_NUM_THREADS of every server (default: torch's, all cores); 1 keeps a shared machine's "
@@ -85,8 +89,9 @@ def summarize(records: list[dict]) -> dict | None:
         return None
     med = lambda xs: statistics.median(xs) * 1e3  # noqa: E731 (ms)
     phases = {p: med([r["phases"].get(p, 0.0) for r in steps]) for p in PHASES if any(p in r["phases"] for r in steps)}
-    out = {"steps": len(steps), "period_ms": med([r["period_s"] for r in steps]), "run_ms": med([r["run_s"] for r in steps]),
-           "phases_ms": phases, "scheduler_ms": med([r["period_s"] - r["run_s"] for r in steps])}
+    out = {"steps": len(steps), "period_ms": med([r["period_s"] for r in steps]),
+           "run_ms": med([r["run_s"] for r in steps]), "phases_ms": phases,
+           "scheduler_ms": med([r["period_s"] - r["run_s"] for r in steps])}
     if phases:
         out["phases_ms"]["worker_other"] = med([r["run_s"] - sum(r["phases"].values()) for r in steps])
     out["phases_ms"]["scheduler"] = out["scheduler_ms"]
@@ -164,7 +169,8 @@ def main(argv=None) -> int:
     running = max(args.batch)
     everything, table = {}, []
     for dtype in args.dtypes:
-        base = dict(model=model, dtype=dtype, max_total_tokens=args.max_total_tokens, max_running_requests=running)
+        base = dict(model=model, dtype=dtype, max_total_tokens=args.max_total_tokens, max_running_requests=running,
+                    extra_args=["--mem-fraction-static", str(args.mem_fraction_static)])
         specs = {f"{dtype}-plain": ServerSpec(**base)}
         for N in args.budgets:
             specs[f"{dtype}-N{N}"] = ServerSpec(**base, head=head, budget=N, depth=args.depth,

@@ -9,6 +9,8 @@ Records are appended to FILE (JSON lines) at every prefill batch and every FLUSH
 sends one short request after its measured ones finds all of them on disk (bench/bench_round.py does).
 Off (the variable unset or empty): `active()` is None, the worker's `if prof:` checks are the whole cost and the
 scheduler is not wrapped. On CUDA each mark synchronises the device (profiling runs only).
+JETSPEC_PROFILE_OPS=START:COUNT additionally runs torch.profiler over COUNT decode steps from the START-th and
+writes its operator table (self CPU time) to FILE.ops.txt: where a phase's time goes, operator by operator.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import os
 import time
 
 ENV = "JETSPEC_PROFILE"
+OPS_ENV = "JETSPEC_PROFILE_OPS"  # "START:COUNT": torch.profiler over decode steps START.. (op table to FILE.ops.txt)
 FLUSH_EVERY = 256
 # Worker phases of one JETSPEC decode step, in order (README "Round profile").
 PHASES = ("prepare", "draft_forward", "topk", "tree_build", "masks", "verify_prepare", "verify_forward", "sample",
@@ -38,6 +41,10 @@ class StepProfiler:
         self._step_start = 0.0
         self._prev_start: float | None = None
         self._lap = 0.0
+        self._steps = 0
+        self._ops = None
+        spec = os.environ.get(OPS_ENV, "").strip()
+        self._ops_window = tuple(int(x) for x in spec.split(":")) if spec else None
 
     # --- scheduler side ------------------------------------------------------------------------------------------
     def step_begin(self, bs: int) -> None:
@@ -48,12 +55,23 @@ class StepProfiler:
         if self.records and period is not None:
             self.records[-1]["period_s"] = period  # the previous step's full period ends where this one starts
         self._step_start = self._prev_start = now
+        self._steps += 1
+        if self._ops_window and self._steps == self._ops_window[0]:
+            import torch.profiler
+
+            self._ops = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
+            self._ops.__enter__()
 
     def step_end(self) -> None:
         self.sync()
         if self._step is None:
             return
         self._step["run_s"] = time.perf_counter() - self._step_start
+        if self._ops is not None and self._steps == sum(self._ops_window) - 1:
+            self._ops.__exit__(None, None, None)
+            with open(self.path + ".ops.txt", "w") as f:
+                f.write(self._ops.key_averages().table(sort_by="self_cpu_time_total", row_limit=60))
+            self._ops, self._ops_window = None, None
         self.records.append(self._step)
         self._step = None
         if len(self.records) >= FLUSH_EVERY:

@@ -135,8 +135,8 @@ class JetSpecWorker(DFlashWorkerV2):
         if self._compact_verify_mask:
             custom_mask = tm.mask_BNN.reshape(-1)
         else:
-            custom_mask = ops.build_verify_mask_full(tm.mask_BNN, prefix_B, total=N * (int(host_bound_B.sum()) + bs * N),
-                                                     backend=backend)
+            total = N * (int(host_bound_B.sum()) + bs * N)
+            custom_mask = ops.build_verify_mask_full(tm.mask_BNN, prefix_B, total=total, backend=backend)
         if prof:
             prof.lap("masks")
         verify_plan = plan(N)
