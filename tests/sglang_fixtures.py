@@ -129,12 +129,15 @@ def choices_along_paths(tokens_BN: torch.Tensor, parents_BN: torch.Tensor, gen: 
 class VerifyCase:
     """One TARGET_VERIFY attention forward on real SGLang objects: a RadixAttention layer, an MHATokenToKVPool and
     a ReqToTokenPool on CPU (random KV everywhere, distinct slots per request), a TorchNativeAttnBackend, and a
-    ForwardBatch with an EagleVerifyInput (FULL custom tree mask from random parents when `tree`).
+    ForwardBatch with an EagleVerifyInput (FULL custom tree mask from random parents when `tree`; with `compact`
+    the EagleVerifyInput carries the same tree as the compact [bs, n, n] layout the worker passes on CPU, while
+    `custom_mask` stays FULL for the Triton oracle).
     `naive_attention` is the float64 oracle of the mask contract (shared docs dflash-on-cpu.md Q2.4)."""
 
     POOL_SLOTS, POOL_ROWS, MAX_CONTEXT, LAYER_ID = 200, 5, 64, 1
 
-    def __init__(self, prefix_lens, n, H=4, G=2, E=8, Ev=8, attn_type=None, window=-1, tree=False, seed=0):
+    def __init__(self, prefix_lens, n, H=4, G=2, E=8, Ev=8, attn_type=None, window=-1, tree=False, seed=0,
+                 compact=False):
         from sglang.srt.layers.attention.torch_native_backend import TorchNativeAttnBackend
         from sglang.srt.layers.radix_attention import AttentionType
         from sglang.srt.mem_cache.memory_pool import MHATokenToKVPool, ReqToTokenPool
@@ -173,8 +176,9 @@ class VerifyCase:
                 block = self.custom_mask[offset: offset + n * (s + n)].view(n, s + n)
                 block[:, :s] = torch.rand(n, s, generator=gen) < 0.5
                 offset += n * (s + n)
+        passed_mask = self.tree_BNN.reshape(-1) if compact else self.custom_mask
         self.spec_info = EagleVerifyInput(
-            draft_token=None, custom_mask=self.custom_mask, positions=None, retrieve_index=None,
+            draft_token=None, custom_mask=passed_mask, positions=None, retrieve_index=None,
             retrieve_next_token=None, retrieve_next_sibling=None, retrieve_cum_len=None, spec_steps=n - 1, topk=-1,
             draft_token_num=n, capture_hidden_mode=None, seq_lens_sum=int(self.prefix.sum()), seq_lens_cpu=None)
         self.backend = TorchNativeAttnBackend(types.SimpleNamespace(

@@ -93,6 +93,8 @@ def test_parse_cpu_quick_preset_and_overrides(tmp_path):
     (head / "config.json").write_text(json.dumps({"block_size": 16}))
     args = bench_serving.parse(["--cpu-quick", "--head", str(head)])
     assert (args.model, args.budgets, args.depth, args.concurrency) == ("smollm2", (8, 16), 7, (1, 4, 16))
+    assert args.dtype == "bfloat16" and bench_serving.parse(["--cpu-quick", "--head", str(head), "--dtype",
+                                                             "float32"]).dtype == "float32"
     assert args.max_running_requests == 16 and args.rate_max_concurrency == 16
     args = bench_serving.parse(["--cpu-quick", "--head", str(head), "--budgets", "12", "--depth", "11",
                                 "--server-args", "--attention-backend torch_native"])
@@ -249,6 +251,7 @@ def test_exit_code():
     bad = dict(ok, parity=[{"mismatches": 2, "reference": "plain@c1"}])
     assert bench_serving.exit_code(ok, False) == 0
     assert bench_serving.exit_code(bad, False) == 1 and bench_serving.exit_code(bad, True) == 0
+    assert bench_serving.exit_code(bad, False, exact=False) == 0  # bf16: reported, not failed
     assert bench_serving.exit_code(dict(ok, failures=[{"config": "x", "error": "e"}]), False) == 3
     assert bench_serving.exit_code(dict(ok, records=[{"failed": 1}]), True) == 3
 

@@ -41,6 +41,10 @@ CASES = {  # name -> VerifyCase kwargs
     "bidirectional_block": dict(prefix_lens=[4, 0, 7], n=4, Ev=6, attn_type=AttentionType.ENCODER_ONLY, seed=3),
     "sliding_window": dict(prefix_lens=[11, 2], n=5, window=4, seed=4),
     "sliding_window_tree": dict(prefix_lens=[10, 6], n=6, window=3, tree=True, seed=5),
+    # the compact [bs, n, n] tree layout the worker passes on CPU (oracles: the same tree as a FULL mask)
+    "tree_compact_4_requests": dict(prefix_lens=[5, 0, 12, 1], n=6, tree=True, seed=10, compact=True),
+    "tree_compact_bs1_mha": dict(prefix_lens=[9], n=8, H=2, G=2, tree=True, seed=11, compact=True),
+    "sliding_window_tree_compact": dict(prefix_lens=[10, 6], n=6, window=3, tree=True, seed=12, compact=True),
 }
 
 

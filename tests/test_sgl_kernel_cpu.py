@@ -248,8 +248,9 @@ def test_copy_all_layer_kv_cache_moves_rows_in_every_buffer():
     original = [b.clone() for b in buffers]
     data_ptrs = torch.tensor([b.data_ptr() for b in buffers], dtype=torch.uint64)  # as MHATokenToKVPool builds them
     strides = torch.tensor([b.stride(0) * b.dtype.itemsize for b in buffers])
-    src = torch.tensor([5, 6, 7, 8, 30, 0], dtype=torch.int64)
-    tgt = torch.tensor([6, 7, 8, 9, 5, 39], dtype=torch.int64)  # a shifted chain: 6, 7, 8 are read and written
+    src = torch.tensor([5, 6, 7, 8, 30, 0, 12], dtype=torch.int64)
+    tgt = torch.tensor([6, 7, 8, 9, 5, 39, 12], dtype=torch.int64)  # a shifted chain: 6, 7, 8 are read and written;
+    # 12 is already in place (skipped by the stand-in, same result)
     sgl_kernel.copy_all_layer_kv_cache_cpu(data_ptrs, strides, tgt, src)
     for got, old in zip(buffers, original):
         want = old.clone()
@@ -260,6 +261,9 @@ def test_copy_all_layer_kv_cache_moves_rows_in_every_buffer():
         assert torch.equal(got[untouched], old[untouched])
     sgl_kernel.copy_all_layer_kv_cache_cpu(data_ptrs, strides, tgt[:0], src[:0])  # nothing to move
     assert torch.equal(buffers[0][tgt], original[0][src])
+    before = [b.clone() for b in buffers]
+    sgl_kernel.copy_all_layer_kv_cache_cpu(data_ptrs, strides, src[-1:], src[-1:])  # every row in place
+    assert all(torch.equal(b, o) for b, o in zip(buffers, before))
 
 
 def test_served_ops_are_implemented_not_placeholders():

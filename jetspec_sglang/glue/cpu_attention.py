@@ -4,12 +4,17 @@ TorchNativeAttnBackend.forward_extend. Other forward modes go to the original un
 Contract (shared docs dflash-on-cpu.md Q2.4): seq_lens = committed prefix S_b (draft tokens excluded); every
 request has n = spec_info.draft_token_num query rows, request-major; out_cache_loc = the n slots, already in
 req_to_token[row, S_b : S_b + n]. Request b's query i sits at position S_b + i and sees keys
-req_to_token[row, :S_b + n] through a boolean [n, S_b + n] mask:
-  * custom_mask set (a tree): the FULL layout - per request n x (S_b + n) row-major, requests concatenated;
-    prefix columns visible, tree columns from the mask;
+req_to_token[row, :S_b + n]:
+  * custom_mask set (a tree): prefix columns visible, tree columns from the mask, given either as
+    - SGLang's FULL layout: per request n x (S_b + n) row-major, requests concatenated (what the GPU backends
+      read; its prefix columns are all True), or
+    - the compact layout: per request the n x n tree block only, [bs, n, n] flattened (what the JETSPEC worker
+      passes on CPU, so no prefix-wide mask is built every step). The two are told apart by size; they coincide
+      when every S_b is 0;
   * custom_mask None: causal (key j <= S_b + i) for DECODER layers, all visible for ENCODER_ONLY layers;
   * a sliding window additionally requires j >= S_b + i - window.
-Masks are built once per forward and reused by every layer.
+One batched SDPA per layer: the requests' keys are gathered [bs, K = max S_b + n] (padding masked out), and the
+slot table and the additive mask are built once per forward (per causal/window/dtype) and reused by every layer.
 """
 from __future__ import annotations
 
@@ -18,41 +23,62 @@ from sglang.srt.layers.radix_attention import AttentionType
 from sglang.srt.mem_cache.memory_pool import KVWriteLoc
 from torch.nn.functional import scaled_dot_product_attention
 
-_MASK_CACHE_ATTR = "_jetspec_verify_masks"
+_PLAN_CACHE_ATTR = "_jetspec_verify_plans"
 
 
-def verify_masks(forward_batch, n: int, causal: bool, window: int) -> list[torch.Tensor]:
-    """Per-request bool masks [n, S_b + n] for this forward (cached on the ForwardBatch per (causal, window))."""
-    cache = getattr(forward_batch, _MASK_CACHE_ATTR, None)
+def tree_block(custom: torch.Tensor, prefix_B: torch.Tensor, n: int) -> torch.Tensor:
+    """The tree columns of a custom mask, bool [bs, n, n], from the compact or the FULL layout."""
+    bs = prefix_B.shape[0]
+    if custom.numel() == bs * n * n:
+        return custom.view(bs, n, n).to(torch.bool)
+    row_len_B = prefix_B + n
+    start_B = n * (torch.cumsum(row_len_B, 0) - row_len_B)
+    idx_n = torch.arange(n)
+    flat_Bnn = (start_B[:, None, None] + idx_n[None, :, None] * row_len_B[:, None, None]
+                + prefix_B[:, None, None] + idx_n[None, None, :])
+    return custom[flat_Bnn].to(torch.bool)
+
+
+def verify_plan(forward_batch, req_to_token: torch.Tensor, n: int, causal: bool, window: int,
+                dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(slots_BK: KV-pool slot of each key column, additive mask [bs, 1, n, K] in `dtype` or None when every key
+    is visible). Cached on the ForwardBatch per (causal, window, dtype)."""
+    cache = getattr(forward_batch, _PLAN_CACHE_ATTR, None)
     if cache is None:
         cache = {}
-        setattr(forward_batch, _MASK_CACHE_ATTR, cache)
-    key = (causal, window)
+        setattr(forward_batch, _PLAN_CACHE_ATTR, cache)
+    key = (causal, window, dtype)
     if key in cache:
         return cache[key]
-    prefix = [int(s) for s in forward_batch.seq_lens.tolist()]
+    prefix_B = forward_batch.seq_lens.to(device="cpu", dtype=torch.int64)
+    rows_B = forward_batch.req_pool_indices.to(device="cpu", dtype=torch.int64)
+    bs = prefix_B.shape[0]
+    K = int(prefix_B.max()) + n
+    col_K = torch.arange(K)
+    end_B = prefix_B + n
+    inside_BK = col_K[None, :] < end_B[:, None]
+    slots_BK = req_to_token[rows_B[:, None], torch.where(inside_BK, col_K[None, :], 0)]
+    q_pos_Bn = prefix_B[:, None] + torch.arange(n)
     custom = getattr(forward_batch.spec_info, "custom_mask", None)
-    masks, offset = [], 0
-    for s in prefix:
-        q_pos = torch.arange(s, s + n)[:, None]
-        k_pos = torch.arange(s + n)[None, :]
-        if custom is not None:
-            mask = custom[offset: offset + n * (s + n)].view(n, s + n).to(torch.bool).clone()
-            mask[:, :s] = True
-            offset += n * (s + n)
-        elif causal:
-            mask = k_pos <= q_pos
-        else:
-            mask = torch.ones(n, s + n, dtype=torch.bool)
-        if window > -1:
-            mask &= k_pos >= q_pos - window
-        masks.append(mask)
-    cache[key] = masks
-    return masks
+    if custom is not None:
+        rel_BK = col_K[None, :] - prefix_B[:, None]  # tree column index (negative: prefix)
+        tree_BnK = tree_block(custom, prefix_B, n).gather(2, rel_BK.clamp(0, n - 1)[:, None, :].expand(bs, n, K))
+        visible = (rel_BK < 0)[:, None, :] | (tree_BnK & inside_BK[:, None, :])
+    elif causal:
+        visible = col_K[None, None, :] <= q_pos_Bn[:, :, None]
+    else:
+        visible = inside_BK[:, None, :].expand(bs, n, K)
+    if window > -1:
+        visible = visible & (col_K[None, None, :] >= q_pos_Bn[:, :, None] - window)
+    mask = None
+    if not bool(visible.all()):
+        mask = torch.zeros(visible.shape, dtype=dtype).masked_fill_(~visible, float("-inf"))[:, None]
+    cache[key] = (slots_BK, mask)
+    return cache[key]
 
 
 def forward_extend_target_verify(original, self, q, k, v, layer, forward_batch, save_kv_cache=True, *args, **kwargs):
-    """AROUND hook: TARGET_VERIFY through per-request SDPA with the contract's mask; anything else -> original."""
+    """AROUND hook: TARGET_VERIFY through one batched SDPA with the contract's mask; anything else -> original."""
     if not forward_batch.forward_mode.is_target_verify():
         return original(self, q, k, v, layer, forward_batch, save_kv_cache, *args, **kwargs)
     if layer.is_cross_attention:
@@ -61,22 +87,15 @@ def forward_extend_target_verify(original, self, q, k, v, layer, forward_batch, 
         self.token_to_kv_pool.set_kv_buffer(layer, KVWriteLoc(forward_batch.out_cache_loc, self.swa_out_cache_loc),
                                             k, v)
     n = int(forward_batch.spec_info.draft_token_num)
-    H, G = layer.tp_q_head_num, layer.tp_k_head_num
-    q_THE = q.view(-1, H, layer.qk_head_dim)
-    o = q.new_empty((q_THE.shape[0], H * layer.v_head_dim))
-    o_THE = o.view(-1, H, layer.v_head_dim)
+    H, G, E, Ev = layer.tp_q_head_num, layer.tp_k_head_num, layer.qk_head_dim, layer.v_head_dim
     causal = layer.attn_type != AttentionType.ENCODER_ONLY
     window = layer.sliding_window_size if (causal and layer.sliding_window_size is not None) else -1
-    masks = verify_masks(forward_batch, n, causal, int(window))
-    k_cache = self.token_to_kv_pool.get_key_buffer(layer.layer_id)
-    v_cache = self.token_to_kv_pool.get_value_buffer(layer.layer_id)
-    rows = forward_batch.req_pool_indices.tolist()
-    for b, (row, mask) in enumerate(zip(rows, masks)):
-        slots = self.req_to_token_pool.req_to_token[row, : mask.shape[1]]
-        k_GSE = k_cache[slots].movedim(0, 1).to(q.dtype)
-        v_GSE = v_cache[slots].movedim(0, 1).to(q.dtype)
-        q_HnE = q_THE[b * n: (b + 1) * n].movedim(0, 1)
-        out = scaled_dot_product_attention(q_HnE[None], k_GSE[None], v_GSE[None], attn_mask=mask[None, None],
-                                           scale=layer.scaling, enable_gqa=H != G)
-        o_THE[b * n: (b + 1) * n] = out[0].movedim(0, 1)
-    return o
+    slots_BK, mask = verify_plan(forward_batch, self.req_to_token_pool.req_to_token, n, causal, int(window),
+                                 q.dtype)
+    bs, K = slots_BK.shape
+    k_BGKE = self.token_to_kv_pool.get_key_buffer(layer.layer_id)[slots_BK].to(q.dtype).transpose(1, 2)
+    v_BGKE = self.token_to_kv_pool.get_value_buffer(layer.layer_id)[slots_BK].to(q.dtype).transpose(1, 2)
+    q_BHnE = q.view(bs, n, H, E).transpose(1, 2)
+    out_BHnE = scaled_dot_product_attention(q_BHnE, k_BGKE, v_BGKE, attn_mask=mask, scale=layer.scaling,
+                                            enable_gqa=H != G)
+    return out_BHnE.transpose(1, 2).reshape(bs * n, H * Ev)

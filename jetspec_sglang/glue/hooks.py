@@ -19,6 +19,7 @@ TORCH_NATIVE_EXTEND = "sglang.srt.layers.attention.torch_native_backend.TorchNat
 ROW_HEADROOM = "sglang.srt.mem_cache.allocation_sizing.get_req_to_token_extra_context_len"
 SERVER_INFO = ("sglang.srt.managers.scheduler_components.internal_state.SchedulerInternalStateController"
                "._add_speculative")
+PROFILE_RUN_BATCH = "sglang.srt.managers.scheduler.Scheduler.run_batch"
 
 
 def is_jetspec(algo) -> bool:
@@ -137,6 +138,24 @@ def report_budget(result, self, state, *args, **kwargs):
     return result
 
 
+def profile_run_batch(original, self, batch, *args, **kwargs):
+    """AROUND Scheduler.run_batch, registered only when JETSPEC_PROFILE is set (plain and JETSPEC servers): brackets
+    every decode step for jetspec_sglang.profiling (the worker laps its phases inside the bracket)."""
+    from jetspec_sglang import profiling
+
+    prof = profiling.active()
+    mode = batch.forward_mode
+    if prof is None or mode.is_extend() or mode.is_idle() or batch.is_extend_in_batch:
+        if prof is not None:
+            prof.other_batch()
+        return original(self, batch, *args, **kwargs)
+    prof.step_begin(len(batch.reqs))
+    try:
+        return original(self, batch, *args, **kwargs)
+    finally:
+        prof.step_end()
+
+
 def register_hooks(on_cpu: bool) -> None:
     """Register (SGLang applies them at the end of load_plugins, in every process)."""
     from sglang.srt.plugins.hook_registry import HookRegistry, HookType
@@ -152,6 +171,10 @@ def register_hooks(on_cpu: bool) -> None:
         from jetspec_sglang.glue.cpu_attention import forward_extend_target_verify
 
         HookRegistry.register(TORCH_NATIVE_EXTEND, forward_extend_target_verify, HookType.AROUND)
+    from jetspec_sglang import profiling
+
+    if profiling.enabled():
+        HookRegistry.register(PROFILE_RUN_BATCH, profile_run_batch, HookType.AROUND)
 
 
 def applied_hooks(on_cpu: bool) -> list[str]:

@@ -31,7 +31,7 @@ from sglang.srt.speculative.spec_info import SpeculativeAlgorithm
 from sglang.srt.speculative.spec_utils import GrammarTree, build_grammar_vocab_mask, draft_tp_context
 from sglang.srt.utils import is_cpu
 
-from jetspec_sglang import ops
+from jetspec_sglang import ops, profiling
 from jetspec_sglang.config import config_from_env
 from jetspec_sglang.glue import hooks, limits
 from jetspec_sglang.glue.budget_feed import BudgetFeed
@@ -75,6 +75,12 @@ class JetSpecWorker(DFlashWorkerV2):
                 int(get_schedule().max_running_requests or 1), self.max_budget, int(runner.model_config.vocab_size),
                 torch.cuda.get_device_properties(self.device).total_memory, float(runner.mem_fraction_static))
         self._row_headroom_checked = False  # the req_to_token pool is allocated after this worker is built
+        # CPU: the verify attention (glue/cpu_attention.py) reads the compact [bs, N, N] tree mask, so no
+        # prefix-wide FULL mask is built every step; GPU backends read SGLang's FULL layout.
+        self._compact_verify_mask = on_cpu
+        self._prof = profiling.active()  # None unless JETSPEC_PROFILE is set (bench/bench_round.py)
+        if self._prof is not None and str(self.device).startswith("cuda"):
+            self._prof.sync = torch.cuda.synchronize
         self.budget_feed = BudgetFeed(self.jetspec, self.device, get_observability().decode_log_interval)
         logger.info("JETSPEC worker: budget=%d (%s) depth=%d draft block=%d (head block_size=%s) width=%d algo=%s "
                     "ladder=%s ops=%s draft model=%s", self.max_budget, self.budget_feed.chooser.policy, self.depth,
@@ -110,6 +116,9 @@ class JetSpecWorker(DFlashWorkerV2):
                                 self.model_runner.model_config.context_len)
             self._row_headroom_checked = True
         N = self.budget_feed.begin_step(bs)  # fixed, ladder or auto (jetspec_sglang.budget)
+        prof = self._prof
+        if prof:
+            prof.worker_begin(N)
         prefix_B = batch.seq_lens  # committed tokens (with target KV); the bonus is the uncached anchor
         bonus_B = batch.spec_info.bonus_tokens.view(-1)
         window_BW = assign_extend_cache_locs_func(
@@ -128,15 +137,23 @@ class JetSpecWorker(DFlashWorkerV2):
         if N == 1:  # the ladder's last step: no speculation, the verify forward decodes one token
             tree = empty_tree(bonus_B, 1)
         else:
-            logprobs_BLK, tokens_BLK = self._draft(batch, prefix_B, bonus_B, window_BW[:, :B], host_bound_B, plan(B))
+            logprobs_BLK, tokens_BLK = self._draft(batch, prefix_B, bonus_B, window_BW[:, :B], host_bound_B, plan(B),
+                                                   prof)
             caps_BL = None
             if self.jetspec.tree_algo == "top2gap":
                 caps_BL = top2gap_fanout_caps(logprobs_BLK, self.jetspec.width, self.jetspec.top2gap_beta,
                                               self.jetspec.top2gap_gap0)
             tree = ops.build_tree(tokens_BLK, logprobs_BLK, bonus_B, N, caps_BL, backend=backend)
+        if prof:
+            prof.lap("tree_build")
         tm = ops.build_tree_mask(tree.parents_BN, tree.depth_BN, prefix_B, max_depth=L, backend=backend)
-        custom_mask = ops.build_verify_mask_full(tm.mask_BNN, prefix_B, total=N * (int(host_bound_B.sum()) + bs * N),
-                                                 backend=backend)
+        if self._compact_verify_mask:
+            custom_mask = tm.mask_BNN.reshape(-1)
+        else:
+            total = N * (int(host_bound_B.sum()) + bs * N)
+            custom_mask = ops.build_verify_mask_full(tm.mask_BNN, prefix_B, total=total, backend=backend)
+        if prof:
+            prof.lap("masks")
         verify_plan = plan(N)
         verify_input = EagleVerifyInput(
             draft_token=flat(tree.tokens_BN), custom_mask=custom_mask, positions=flat(tm.positions_BN),
@@ -147,7 +164,7 @@ class JetSpecWorker(DFlashWorkerV2):
             kv_loc_plan=verify_plan,
         )
         return self._verify_and_commit(batch, verify_input, verify_plan, prefix_B, host_bound_B, N,
-                                       on_publish, grammar_barrier)
+                                       on_publish, grammar_barrier, prof)
 
     def _host_prefix_bound(self, batch) -> torch.Tensor:
         """Host upper bound of the committed lengths. Overlap scheduling lags the host copy by one step, which
@@ -158,7 +175,7 @@ class JetSpecWorker(DFlashWorkerV2):
             return batch.spec_info.nxt_kv_lens_cpu.to(torch.int64)
         return torch.tensor([req.kv.kv_allocated_len for req in batch.reqs], dtype=torch.int64)
 
-    def _draft(self, batch, prefix_B, bonus_B, block_loc_BQ, host_bound_B, draft_plan):
+    def _draft(self, batch, prefix_B, bonus_B, block_loc_BQ, host_bound_B, draft_plan, prof=None):
         """One draft forward over [bonus, MASK x L] at prefix + [0, L]; returns per-depth top-K (logprobs, ids)."""
         bs, B, K = len(prefix_B), self.block_size, self.jetspec.width
         target_model = self.target_worker.model_runner.model
@@ -182,17 +199,23 @@ class JetSpecWorker(DFlashWorkerV2):
             can_run_decode_cuda_graph=batch.can_run_decode_cuda_graph,
         )
         draft_plan.bind(forward_batch, self.draft_model_runner.kv_index_translator)
+        if prof:
+            prof.lap("prepare")
         with torch.inference_mode(), draft_tp_context(self.draft_parallel_layout):
             hidden = self.draft_model_runner.forward(forward_batch).logits_output.hidden_states
+            if prof:
+                prof.lap("draft_forward")
             hidden_TM = hidden.view(bs, B, -1)[:, 1:].reshape(bs * (B - 1), -1)
             ids_TK, values_TK, lse_T = candidate_topk(hidden_TM, lm_head, fast_topk_width(K, hidden_TM.is_cuda),
                                                       with_partition=True)
             ids_TK, values_TK = ids_TK[:, :K], values_TK[:, :K]  # sorted descending: the first K are the top-K
         logprobs_BLK = (values_TK.float() - lse_T.float()[:, None]).view(bs, B - 1, K)
+        if prof:
+            prof.lap("topk")
         return logprobs_BLK, ids_TK.view(bs, B - 1, K)
 
     def _verify_and_commit(self, batch, verify_input, verify_plan, prefix_B, host_bound_B, N, on_publish,
-                           grammar_barrier) -> GenerationBatchResult:
+                           grammar_barrier, prof=None) -> GenerationBatchResult:
         bs = len(prefix_B)
         batch.spec_info = verify_input
         saved = batch.seq_lens_cpu, batch.seq_lens_sum
@@ -201,11 +224,15 @@ class JetSpecWorker(DFlashWorkerV2):
         verify_batch, can_run_graph = eagle_prepare_for_verify(verify_input, self.target_worker.model_runner
                                                                .req_to_token_pool, batch, self.target_worker)
         batch.seq_lens_cpu, batch.seq_lens_sum = saved
+        if prof:
+            prof.lap("verify_prepare")
         grammar_tree = (GrammarTree.from_device(verify_input.retrieve_next_token, verify_input.retrieve_next_sibling,
                                                 verify_input.draft_token.view(bs, N)) if batch.has_grammar else None)
         target_out = self.target_worker.forward_batch_generation(batch=None, forward_batch=verify_batch,
                                                                  is_verify=True)
         logits_output = target_out.logits_output
+        if prof:
+            prof.lap("verify_forward")
         grammar_mask = None
         if grammar_tree is not None:
             grammar_mask = build_grammar_vocab_mask(reqs=batch.reqs, tree=grammar_tree,
@@ -219,29 +246,46 @@ class JetSpecWorker(DFlashWorkerV2):
             on_publish(new_seq_lens)
         if batch.return_logprob:
             compute_spec_logprobs(batch, logits_output, predict, accept_index=accept_index)
-        # accept_index is [bs, L + 1] (-1 padded); a path has at most N nodes, and SGLang's compaction writes the
-        # first L + 1 entries into each request's N-wide block, so a ladder budget N < L + 1 passes N columns -
-        # contiguous: the Triton fill_accept_out_cache_loc reads raw memory, ignoring a slice's strides.
-        predict = _finalize_accept_tree_path(batch, accept_index[:, :N].contiguous(), accept_lens, predict,
-                                             logits_output, bs, token_to_kv_pool_allocator=self.target_worker
-                                             .model_runner.token_to_kv_pool_allocator, num_draft_tokens=N)
-        bonus_B = predict.view(bs, N).gather(1, (accept_lens.to(torch.int64) - 1)[:, None])[:, 0]
+        if prof:
+            prof.lap("sample")
         hidden = logits_output.hidden_states
         if hidden is None:
             raise RuntimeError("JETSPEC verify returned no target hidden states (aux capture is off?)")
-        cache_loc = self._draft_write_ids(verify_plan)
-        self._append_target_hidden_to_draft_kv_by_loc(
-            target_hidden=hidden.reshape(bs * N, -1), cache_loc=cache_loc, cache_loc_2d=cache_loc.view(bs, N),
-            positions=(prefix_B[:, None] + torch.arange(N, device=self.device)).reshape(-1),
-            commit_lens=accept_lens.to(torch.int32),
-        )
-        logits_output.hidden_states = None
+        logits_output.hidden_states = None  # only the committed rows are needed: gathered below, not compacted
+        # accept_index is [bs, L + 1] (-1 padded); a path has at most N nodes, and SGLang's compaction writes the
+        # first L + 1 entries into each request's N-wide block, so a ladder budget N < L + 1 passes N columns -
+        # contiguous: the Triton fill_accept_out_cache_loc reads raw memory, ignoring a slice's strides.
+        C = min(N, accept_index.shape[1])  # a round commits at most C = min(N, L + 1) nodes
+        accept_BC = accept_index[:, :C].contiguous()
+        predict = _finalize_accept_tree_path(batch, accept_BC, accept_lens, predict, logits_output, bs,
+                                             token_to_kv_pool_allocator=self.target_worker.model_runner
+                                             .token_to_kv_pool_allocator, num_draft_tokens=N)
+        bonus_B = predict.view(bs, N).gather(1, (accept_lens.to(torch.int64) - 1)[:, None])[:, 0]
+        if prof:
+            prof.lap("kv_compaction")
+        self._append_committed_to_draft_kv(hidden, accept_BC, accept_lens, verify_plan, prefix_B, N)
+        if prof:
+            prof.lap("draft_kv_append")
         return GenerationBatchResult(
             logits_output=logits_output, next_token_ids=predict, accept_lens=accept_lens, accept_index=accept_index,
             can_run_cuda_graph=can_run_graph, speculative_num_draft_tokens=N,
             next_draft_input=make_draft_input_v2(bonus_tokens=bonus_B, new_seq_lens=new_seq_lens),
             new_seq_lens=new_seq_lens, routed_experts_output=target_out.routed_experts_output,
             indexer_topk_output=target_out.indexer_topk_output, extra_keep_alive_refs=[verify_batch],
+        )
+
+    def _append_committed_to_draft_kv(self, hidden_TM, accept_BC, accept_lens_B, verify_plan, prefix_B, N):
+        """Draft KV of the committed path: row r of request b (accepted node accept_BC[b, r], position prefix + r)
+        goes to the r-th slot of b's window. Only the C <= L + 1 path rows are projected through the head's fc and
+        k/v (not all N verified nodes); -1 padding reads node 0 and lies past accept_lens, which the prefix-valid
+        writer never stores."""
+        bs, C = accept_BC.shape
+        rows_T = accept_BC.to(torch.int64).clamp(min=0).reshape(-1)
+        cache_loc_BC = self._draft_write_ids(verify_plan).view(bs, N)[:, :C].contiguous()
+        self._append_target_hidden_to_draft_kv_by_loc(
+            target_hidden=hidden_TM.reshape(bs * N, -1).index_select(0, rows_T), cache_loc=cache_loc_BC.view(-1),
+            cache_loc_2d=cache_loc_BC, positions=(prefix_B[:, None] + torch.arange(C, device=self.device)).reshape(-1),
+            commit_lens=accept_lens_B.to(torch.int32),
         )
 
 

@@ -54,6 +54,11 @@ def copy_all_layer_kv_cache_cpu(data_ptrs, strides, tgt_loc, src_loc) -> None:
         return
     tgt = tgt_loc.to(torch.int64)
     src = src_loc.to(torch.int64)
+    moved = tgt != src  # rows already in place (an accepted path that is the window's prefix) need no copy
+    if not bool(moved.all()):
+        if not bool(moved.any()):
+            return
+        tgt, src = tgt[moved], src[moved]
     rows = int(max(int(tgt.max()), int(src.max()))) + 1
     for base, stride in zip(data_ptrs.tolist(), strides.tolist()):
         raw = (ctypes.c_uint8 * (rows * int(stride))).from_address(int(base))
