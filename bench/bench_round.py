@@ -44,7 +44,7 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--dtypes", nargs="+", default=["bfloat16", "float32"])
     p.add_argument("--budgets", type=int, nargs="+", default=[4, 8, 16, 32], help="tree budgets N (root included)")
     p.add_argument("--batch", type=int, nargs="+", default=[1, 4, 16], help="concurrent requests per run")
-    p.add_argument("--depth", type=int, default=7)
+    p.add_argument("--depth", type=int, default=7, help="draft depth L (budgets N < L + 1 run at L = N - 1)")
     p.add_argument("--width", type=int, default=4, help="JETSPEC_TREE_WIDTH")
     p.add_argument("--tokens", type=int, default=48, help="new tokens per request (ignore_eos)")
     p.add_argument("--skip", type=int, default=2, help="first decode steps of each run left out")
@@ -145,16 +145,22 @@ def measure(specs: dict[str, ServerSpec], prompts, args, out: Path) -> dict[str,
 def markdown(table: list[dict]) -> str:
     cols = ["draft_forward", "topk", "tree_build", "masks", "verify_prepare", "verify_forward", "sample",
             "kv_compaction", "draft_kv_append", "prepare", "worker_other", "scheduler"]
-    head = ["dtype", "b", "N", "plain step ms", "round ms", "round / plain", "tau"] + [PHASE_LABELS[c] for c in cols]
+    head = ["dtype", "b", "N", "L", "plain step ms", "round ms", "round / plain", "tau"] + [PHASE_LABELS[c] for c in cols]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in table:
         s = row["jetspec"]
         parts = sum(s["phases_ms"].get(c, 0.0) for c in cols) or 1.0
         shares = [f"{100 * s['phases_ms'].get(c, 0.0) / parts:.0f}%" for c in cols]
-        lines.append("| " + " | ".join([row["dtype"], str(row["bs"]), str(row["N"]), f"{row['plain_ms']:.1f}",
+        lines.append("| " + " | ".join([row["dtype"], str(row["bs"]), str(row["N"]), str(row.get("L", "")),
+                                         f"{row['plain_ms']:.1f}",
                                          f"{s['period_ms']:.1f}", f"{row['ratio']:.2f}", f"{s['tau']:.2f}"] + shares)
                      + " |")
     return "\n".join(lines) + "\n"
+
+
+def _depth(N: int, depth: int) -> int:
+    """A tree of N nodes holds a path of at most N - 1 drafts: smaller budgets run at depth N - 1."""
+    return min(depth, N - 1)
 
 
 def main(argv=None) -> int:
@@ -173,7 +179,7 @@ def main(argv=None) -> int:
                     extra_args=["--mem-fraction-static", str(args.mem_fraction_static)])
         specs = {f"{dtype}-plain": ServerSpec(**base)}
         for N in args.budgets:
-            specs[f"{dtype}-N{N}"] = ServerSpec(**base, head=head, budget=N, depth=args.depth,
+            specs[f"{dtype}-N{N}"] = ServerSpec(**base, head=head, budget=N, depth=_depth(N, args.depth),
                                                 env={"JETSPEC_TREE_WIDTH": str(args.width)})
         res = measure(specs, prompts, args, out)
         everything.update({label.replace("-", "/", 1): r for label, r in res.items()})
@@ -182,7 +188,8 @@ def main(argv=None) -> int:
             spec_res = res[f"{dtype}-N{N}"]
             for bs in args.batch:
                 if spec_res.get(bs) and plain.get(bs):
-                    table.append({"dtype": dtype, "bs": bs, "N": N, "plain_ms": plain[bs]["period_ms"],
+                    table.append({"dtype": dtype, "bs": bs, "N": N, "L": _depth(N, args.depth),
+                                  "plain_ms": plain[bs]["period_ms"],
                                   "jetspec": spec_res[bs], "ratio": spec_res[bs]["period_ms"] / plain[bs]["period_ms"]})
         (out / "results.json").write_text(json.dumps({"args": vars(args), "runs": everything, "table": table},
                                                      indent=1))
