@@ -160,4 +160,3 @@ def test_budget_ladder_identical_to_plain(smollm2_dir, smollm2_head, server_logs
         server.stop()
     for i, (spec_out, plain) in enumerate(zip(outs, plain_outputs)):
         assert spec_out["output_ids"] == plain["output_ids"], f"prompt {i} differs under the budget ladder"
-
