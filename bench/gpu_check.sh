@@ -24,6 +24,9 @@ mkdir -p "$SHIM/jetspec_sglang"
 for entry in "$ROOT"/jetspec_sglang/*; do ln -s "$entry" "$SHIM/jetspec_sglang/"; done
 ln -s "$ROOT/kernels" "$SHIM/jetspec_sglang/kernels"
 export PYTHONPATH="$SHIM${PYTHONPATH:+:$PYTHONPATH}"
+# `python -m pytest` puts the working directory (the repository root, whose jetspec_sglang has no kernels/) first on
+# sys.path, ahead of the shim: on the first H200 run every kernel test failed to import jetspec_sglang.kernels.
+export PYTHONSAFEPATH=1
 export PYTHONUNBUFFERED=1
 unset TRITON_INTERPRET  # the gpu tests need compiled kernels
 
