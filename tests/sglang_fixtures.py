@@ -242,3 +242,23 @@ class VerifyCase:
                     scores[~visible[i]] = -math.inf
                     out[b * n + i, h] = torch.softmax(scores, 0) @ values
         return out.view(q.shape[0], -1).float()
+
+
+# --- live-server helpers (marker `server`) --------------------------------------------------------------------------
+def eval_chat_prompts(model_dir: str, gsm8k: int, humaneval: int) -> list[list[int]]:
+    """Token ids of the first `gsm8k` GSM8K and `humaneval` HumanEval evaluation prompts, chat-rendered."""
+    from transformers import AutoTokenizer
+
+    from jetspec_sglang.data import encode_chat, load_prompts
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    return encode_chat(tok, load_prompts("gsm8k", "eval")[:gsm8k] + load_prompts("humaneval", "eval")[:humaneval])
+
+
+def generate_greedy(server, prompts: list[list[int]], concurrency: int, max_new_tokens: int) -> list[dict]:
+    """One greedy /generate per prompt, `concurrency` in flight; results in prompt order."""
+    import concurrent.futures as cf
+
+    with cf.ThreadPoolExecutor(concurrency) as pool:
+        return list(pool.map(lambda ids: server.generate(input_ids=ids, max_new_tokens=max_new_tokens,
+                                                         temperature=0), prompts))

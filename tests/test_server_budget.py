@@ -3,9 +3,9 @@
 Marked `server`. Greedy outputs must be identical token for token whatever budget each step uses, switches in
 the middle of a request included, at concurrency 1 and 8.
 """
-import concurrent.futures as cf
 
 import pytest
+from sglang_fixtures import eval_chat_prompts, generate_greedy
 
 pytestmark = pytest.mark.server
 
@@ -15,18 +15,11 @@ SERVER_FLAGS = ["--decode-log-interval", "5", "--mem-fraction-static", "0.2"]  #
 
 @pytest.fixture(scope="module")
 def prompts(smollm2_dir):
-    from transformers import AutoTokenizer
-
-    from jetspec_sglang.data import encode_chat, load_prompts
-
-    tok = AutoTokenizer.from_pretrained(smollm2_dir)
-    return encode_chat(tok, load_prompts("gsm8k", "eval")[:4] + load_prompts("humaneval", "eval")[:4])
+    return eval_chat_prompts(smollm2_dir, gsm8k=4, humaneval=4)
 
 
 def _run(server, prompts, concurrency):
-    with cf.ThreadPoolExecutor(concurrency) as pool:
-        return list(pool.map(lambda ids: server.generate(input_ids=ids, max_new_tokens=MAX_NEW, temperature=0),
-                             prompts))
+    return generate_greedy(server, prompts, concurrency, MAX_NEW)
 
 
 @pytest.fixture(scope="module")

@@ -3,9 +3,9 @@ scheduler with `Half != BFloat16` in the head's fc): SGLang resolves the fp32 Sm
 shipped bf16 head must run with it (glue/args.resolve_dtype). Greedy requests are served, singly and batched,
 and the server keeps serving; outputs are compared with a plain server started the same way.
 """
-import concurrent.futures as cf
 
 import pytest
+from sglang_fixtures import eval_chat_prompts, generate_greedy
 
 pytestmark = pytest.mark.server
 
@@ -14,18 +14,11 @@ MAX_NEW = 24
 
 @pytest.fixture(scope="module")
 def chat_prompts(smollm2_dir):
-    from transformers import AutoTokenizer
-
-    from jetspec_sglang.data import encode_chat, load_prompts
-
-    tok = AutoTokenizer.from_pretrained(smollm2_dir)
-    return encode_chat(tok, load_prompts("gsm8k", "eval")[:2] + load_prompts("humaneval", "eval")[:2])
+    return eval_chat_prompts(smollm2_dir, gsm8k=2, humaneval=2)
 
 
 def _run(server, prompts, concurrency):
-    with cf.ThreadPoolExecutor(concurrency) as pool:
-        return list(pool.map(lambda ids: server.generate(input_ids=ids, max_new_tokens=MAX_NEW, temperature=0),
-                             prompts))
+    return generate_greedy(server, prompts, concurrency, MAX_NEW)
 
 
 def test_default_flags_serve_greedy_requests(smollm2_dir, smollm2_head, server_logs, chat_prompts):
