@@ -42,7 +42,8 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--model", default="smollm2", help="a prepared name (smollm2) or a folder")
     p.add_argument("--head", default=None, help="JETSPEC head folder (default: the shipped SmolLM2 head)")
     p.add_argument("--dtypes", nargs="+", default=["bfloat16", "float32"])
-    p.add_argument("--budgets", type=int, nargs="+", default=[4, 8, 16, 32], help="tree budgets N (root included)")
+    p.add_argument("--budgets", type=int, nargs="+", default=[1, 4, 8, 16, 32],
+                   help="tree budgets N (root included); 1 = the verify path without speculation (auto's fallback)")
     p.add_argument("--batch", type=int, nargs="+", default=[1, 4, 16], help="concurrent requests per run")
     p.add_argument("--depth", type=int, default=7, help="draft depth L (budgets N < L + 1 run at L = N - 1)")
     p.add_argument("--width", type=int, default=4, help="JETSPEC_TREE_WIDTH")
@@ -159,8 +160,20 @@ def markdown(table: list[dict]) -> str:
 
 
 def _depth(N: int, depth: int) -> int:
-    """A tree of N nodes holds a path of at most N - 1 drafts: smaller budgets run at depth N - 1."""
-    return min(depth, N - 1)
+    """A tree of N nodes holds a path of at most N - 1 drafts: smaller budgets run at depth N - 1 (budget 1, no
+    speculation, keeps the draft depth of the server it runs in)."""
+    return depth if N == 1 else min(depth, N - 1)
+
+
+def _budget_flags(N: int, depth: int) -> dict:
+    """Server flags of budget N: budget 1 runs in a server of budget depth + 1 (the draft KV is kept as for any
+    budget, so the step is what `auto` pays when it stops speculating)."""
+    return dict(budget=depth + 1 if N == 1 else N, depth=_depth(N, depth))
+
+
+def _budget_env(N: int) -> dict:
+    """A fixed budget: the server default is JETSPEC_BUDGET=auto. Budget 1 is a one-entry schedule."""
+    return {"JETSPEC_BUDGET_SCHEDULE": "1"} if N == 1 else {"JETSPEC_BUDGET": str(N)}
 
 
 def main(argv=None) -> int:
@@ -179,8 +192,8 @@ def main(argv=None) -> int:
                     extra_args=["--mem-fraction-static", str(args.mem_fraction_static)])
         specs = {f"{dtype}-plain": ServerSpec(**base)}
         for N in args.budgets:
-            specs[f"{dtype}-N{N}"] = ServerSpec(**base, head=head, budget=N, depth=_depth(N, args.depth),
-                                                env={"JETSPEC_TREE_WIDTH": str(args.width)})
+            specs[f"{dtype}-N{N}"] = ServerSpec(**base, head=head, **_budget_flags(N, args.depth),
+                                                env={"JETSPEC_TREE_WIDTH": str(args.width), **_budget_env(N)})
         res = measure(specs, prompts, args, out)
         everything.update({label.replace("-", "/", 1): r for label, r in res.items()})
         plain = res[f"{dtype}-plain"]

@@ -46,6 +46,27 @@ def pytest_collection_modifyitems(config, items):
 torch.set_num_threads(1)
 
 
+# --- JETSPEC registration against the real SGLang (marker `sglang`) -----------------------------------------------
+@pytest.fixture
+def no_jetspec_env(monkeypatch):
+    """Tests set exactly the JETSPEC_* settings they mean; none leak in from the caller's shell. Modules that need
+    it for every test use `pytestmark = [..., pytest.mark.usefixtures("no_jetspec_env")]`."""
+    from jetspec_sglang.config import ENV_VARS
+
+    for var in ENV_VARS:
+        monkeypatch.delenv(var, raising=False)
+
+
+@pytest.fixture(scope="module")
+def algo():
+    """The registered JETSPEC SpeculativeAlgorithm (register() is idempotent)."""
+    from jetspec_sglang import glue
+    from sglang.srt.speculative.spec_info import SpeculativeAlgorithm
+
+    glue.register()
+    return SpeculativeAlgorithm.from_string("JETSPEC")
+
+
 # --- real SGLang servers (marker `server`) ------------------------------------------------------------------------
 import pathlib  # noqa: E402
 

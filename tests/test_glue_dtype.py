@@ -19,32 +19,17 @@ import sglang_fixtures as fx  # noqa: E402
 fx.import_interpreted()  # keep SGLang's Triton kernels interpretable for the other test files of this run
 
 import torch  # noqa: E402
-from jetspec_sglang import glue  # noqa: E402
-from jetspec_sglang.config import ENV_VARS  # noqa: E402
 from jetspec_sglang.models import prepare_model  # noqa: E402
 from sglang.srt.arg_groups.overrides import record_foreign_defaults, resolution_result  # noqa: E402
 from sglang.srt.configs.model_config import ModelConfig  # noqa: E402
 from sglang.srt.runtime_context import get_context  # noqa: E402
 from sglang.srt.server_args import ServerArgs  # noqa: E402
-from sglang.srt.speculative.spec_info import SpeculativeAlgorithm  # noqa: E402
 
-pytestmark = pytest.mark.sglang
+pytestmark = [pytest.mark.sglang, pytest.mark.usefixtures("no_jetspec_env")]
 
 STORED = ("float32", "float16", "bfloat16")
 FLAGS = ("auto", "float32", "float16", "bfloat16")
 TORCH = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-@pytest.fixture(autouse=True)
-def no_jetspec_env(monkeypatch):
-    for var in ENV_VARS:
-        monkeypatch.delenv(var, raising=False)
-
-
-@pytest.fixture(scope="module")
-def algo():
-    glue.register()
-    return SpeculativeAlgorithm.from_string("JETSPEC")
 
 
 @pytest.fixture(scope="module")

@@ -29,7 +29,6 @@ fx.import_interpreted()  # keep SGLang's Triton kernels interpretable for the ot
 
 import sglang  # noqa: E402
 from jetspec_sglang import glue  # noqa: E402
-from jetspec_sglang.config import ENV_VARS  # noqa: E402
 from jetspec_sglang.glue import hooks  # noqa: E402
 from jetspec_sglang.glue.algo import JetSpecAlgo  # noqa: E402
 from jetspec_sglang.glue.args import DEFAULT_BUDGET, JetSpecArgError  # noqa: E402
@@ -42,22 +41,9 @@ from sglang.srt.speculative import spec_registry  # noqa: E402
 from sglang.srt.speculative.spec_info import SpeculativeAlgorithm  # noqa: E402
 from sglang.srt.utils import is_cpu  # noqa: E402
 
-pytestmark = pytest.mark.sglang
+pytestmark = [pytest.mark.sglang, pytest.mark.usefixtures("no_jetspec_env")]
 
 HEAD_BLOCK = 4  # the test head predicts L = 3 slots
-
-
-@pytest.fixture(autouse=True)
-def no_jetspec_env(monkeypatch):
-    """Tests set exactly the JETSPEC_* settings they mean; none leak in from the caller's shell."""
-    for var in ENV_VARS:
-        monkeypatch.delenv(var, raising=False)
-
-
-@pytest.fixture(scope="module")
-def algo():
-    glue.register()
-    return SpeculativeAlgorithm.from_string("JETSPEC")
 
 
 @pytest.fixture(scope="module")
