@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import os
 import pathlib
 import time
@@ -27,6 +26,7 @@ from jetspec_sglang.train.cache import CacheReader
 from jetspec_sglang.train.curves import plot_curves
 from jetspec_sglang.train.init_head import copy_target_layers
 from jetspec_sglang.train.loss import depth_weights
+from jetspec_sglang.train.recipe import HeadRecipe, scheduled_lr
 from jetspec_sglang.train.step import distill_step
 
 logger = logging.getLogger(__name__)
@@ -35,31 +35,14 @@ STATE_FILE = "ckpt/state.pt"
 METRICS_FILE = "metrics.jsonl"
 
 
-@dataclasses.dataclass(frozen=True)
-class FitConfig:
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class FitConfig(HeadRecipe):
     cache_dir: str  # from `python -m jetspec_sglang.train cache`
     out_dir: str  # run directory
     model: str  # target folder (only its embedding and lm_head are used)
-    head_type: str = "causal"  # "causal" (JetSpec, block-causal) | "bidirectional" (DFlash)
-    num_layers: int = 2
-    intermediate_size: int = 1536
-    num_heads: int = 9
-    num_kv_heads: int = 3
-    head_dim: int = 64
-    block_size: int = 16
-    mask_token_id: int = 3
     target_layer_ids: tuple[int, ...] = ()  # subset of the cached taps; () = all of them
-    steps: int = 1000
     seqs_per_step: int = 4
     anchors_per_seq: int = 32
-    lr: float = 6e-4
-    min_lr_ratio: float = 0.1
-    warmup_steps: int = 50
-    weight_decay: float = 0.01
-    grad_clip: float = 1.0
-    depth_decay: float | None = None  # gamma of w_k = exp(-(k-1)/gamma); None = uniform (the JetSpec default)
-    seed: int = 0
-    init: str = "target-layers"  # "target-layers" (init_head.py) | "random" (init_draft_head + norm_init)
     norm_init: float = 0.1  # random init only: the final norm starts at this fraction of the target's final norm
     log_every: int = 10
     ckpt_every: int = 100
@@ -67,22 +50,10 @@ class FitConfig:
     threads: int = 1
     chunk: int = 512  # lm_head rows per fused-loss chunk
 
-    def __post_init__(self) -> None:
-        if self.init not in ("target-layers", "random"):
-            raise ValueError(f"--init {self.init!r}: choose target-layers or random")
-        if self.head_type not in ("causal", "bidirectional"):
-            raise ValueError(f"--head-type {self.head_type!r}: choose causal or bidirectional")
-        if self.steps <= 0 or self.seqs_per_step <= 0 or self.anchors_per_seq <= 0:
-            raise ValueError(f"--steps {self.steps} / --seqs-per-step {self.seqs_per_step} / --anchors-per-seq "
-                             f"{self.anchors_per_seq} must be positive")
-
 
 def learning_rate(cfg: FitConfig, step: int) -> float:
-    """Linear warm-up over warmup_steps, then cosine from lr to min_lr_ratio * lr at the last step."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    t = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
+    """The recipe's schedule over the run's steps (recipe.scheduled_lr)."""
+    return scheduled_lr(cfg, step, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
 
 
 def batch_for_step(cfg: FitConfig, reader: CacheReader, train_ids: list[int], step: int):

@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import os
 import pathlib
 import random
@@ -35,6 +34,7 @@ from jetspec_sglang.train.init_head import copy_target_layers
 from jetspec_sglang.train.loop import export_head
 from jetspec_sglang.train.loss import depth_weights
 from jetspec_sglang.train.online_step import HeadBlocks, online_step
+from jetspec_sglang.train.recipe import HeadRecipe, scheduled_lr
 from jetspec_sglang.train.regenerate import read_responses
 from jetspec_sglang.train.signals import pad_sequences, target_forward
 
@@ -45,61 +45,38 @@ METRICS_FILE = "metrics.jsonl"
 TRAINING_STATE = "training_state.json"
 
 
-@dataclasses.dataclass(frozen=True)
-class OnlineConfig:
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class OnlineConfig(HeadRecipe):
     data: tuple[str, ...]  # responses.jsonl files (regenerate / generate_batched)
     out_dir: str
     model: str  # target folder
     device: str = "cpu"  # "cpu" | "cuda" (torchrun: cuda:LOCAL_RANK)
-    head_type: str = "causal"  # "causal" (JetSpec) | "bidirectional" (DFlash)
-    num_layers: int = 2
-    intermediate_size: int = 1536
-    num_heads: int = 9
-    num_kv_heads: int = 3
-    head_dim: int = 64
-    block_size: int = 16
-    mask_token_id: int = 3
     target_layer_ids: tuple[int, ...] = (1, 10, 18, 27)
-    steps: int = 1000
     time_budget_s: float = 0.0  # > 0: also end (with a decayed lr) when this much wall time has passed
     seqs_per_step: int = 8  # per rank
-    anchors_per_seq: int = 64
     max_seq_len: int = 1024
     data_fraction: float = 1.0  # train on this leading fraction of the (shuffled) train sequences
-    lr: float = 6e-4
     min_lr_ratio: float = 0.05
     warmup_steps: int = 100
-    weight_decay: float = 0.01
-    grad_clip: float = 1.0
-    depth_decay: float | None = None  # gamma of exp(-(k-1)/gamma); None = uniform (the JetSpec default)
     held_out_percent: int = 3
     eval_sequences: int = 32
     eval_every: int = 200
-    seed: int = 0
-    init: str = "target-layers"  # "target-layers" | "random"
     init_from: str = ""  # a head folder to continue from (its training_state.json gives the step)
     log_every: int = 20
     ckpt_every: int = 500
     threads: int = 0  # CPU torch threads; 0 = torch's default
 
     def __post_init__(self) -> None:
-        if self.head_type not in ("causal", "bidirectional"):
-            raise ValueError(f"--head-type {self.head_type!r}: choose causal or bidirectional")
-        if self.init not in ("target-layers", "random"):
-            raise ValueError(f"--init {self.init!r}: choose target-layers or random")
+        super().__post_init__()
         if not self.data:
             raise ValueError("--data: give at least one responses.jsonl (from `train regenerate` or `train generate`)")
         if not 0 < self.data_fraction <= 1:
             raise ValueError(f"--data-fraction {self.data_fraction}: must be in (0, 1]")
-        if self.steps <= 0 or self.seqs_per_step <= 0 or self.anchors_per_seq <= 0:
-            raise ValueError(f"--steps {self.steps} / --seqs-per-step {self.seqs_per_step} / --anchors-per-seq "
-                             f"{self.anchors_per_seq} must be positive")
 
 
 def learning_rate(cfg: OnlineConfig, step: int, progress: float) -> float:
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+    """The recipe's schedule (recipe.scheduled_lr) over progress = max(step / steps, elapsed / time budget)."""
+    return scheduled_lr(cfg, step, progress)
 
 
 def split_records(cfg: OnlineConfig) -> tuple[list[dict], list[dict]]:
