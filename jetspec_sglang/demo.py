@@ -53,7 +53,9 @@ def parse_args(argv=None) -> DemoArgs:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--prompts", type=int, default=6, help="held-out prompts, half GSM8K, half HumanEval")
     p.add_argument("--max-new-tokens", type=int, default=128)
-    p.add_argument("--budget", type=int, default=8, help="tree nodes incl. root (--speculative-num-draft-tokens)")
+    p.add_argument("--budget", type=int, default=8,
+                   help="largest tree budget, nodes incl. root (--speculative-num-draft-tokens); the server picks "
+                        "each step's budget up to it (JETSPEC_BUDGET=auto, the default)")
     p.add_argument("--depth", type=int, default=7,
                    help="draft depth (--speculative-num-steps); a causal head drafts a shorter block exactly")
     p.add_argument("--width", type=int, default=4, help="per-depth top-k (JETSPEC_TREE_WIDTH)")
@@ -86,10 +88,33 @@ def _serve(spec: ServerSpec, log: Path, prompts, max_new: int, label: str) -> di
         for ids in tqdm(prompts, desc=label, unit="prompt"):
             outs.append(server.generate(input_ids=ids, max_new_tokens=max_new, temperature=0))
         seconds = time.perf_counter() - start
+        budget = _budget_state(server) if spec.head else None
     tokens = sum(o["meta_info"]["completion_tokens"] for o in outs)
     rounds = sum(o["meta_info"].get("spec_verify_ct", 0) for o in outs)
     return {"outputs": outs, "seconds": seconds, "tokens": tokens, "tokens_per_s": tokens / seconds,
-            "accept_length": tokens / rounds if rounds else None}
+            "accept_length": tokens / rounds if rounds else None, "budget_state": budget}
+
+
+def _budget_state(server: Server) -> dict | None:
+    """The budget policy's report (/get_server_info internal state `jetspec_budget`): decode steps per budget."""
+    status, info = server.get("/get_server_info")
+    states = (info.get("internal_states") if status == 200 else None) or [{}]
+    return states[0].get("jetspec_budget")
+
+
+def budget_summary(state: dict | None) -> str:
+    """'auto up to 8: N=1 12%, N=8 88% of 310 decode steps' from a `jetspec_budget` report (None: '?').
+
+    Example: {"policy": "fixed", "max_budget": 8, "decode_steps": 5, "chosen": {"8": 5}} -> 'fixed 8: N=8 100% of 5
+    decode steps'."""
+    if not state:
+        return "?"
+    steps = max(1, int(state.get("decode_steps", 0)))
+    chosen = sorted(((int(n), c) for n, c in state.get("chosen", {}).items()), key=lambda x: x[0])
+    shares = ", ".join(f"N={n} {100 * c / steps:.0f}%" for n, c in chosen)
+    policy, top = state["policy"], state["max_budget"]
+    head = f"auto up to {top}" if policy == "auto" else f"{policy} {top}"
+    return f"{head}: {shares} of {steps} decode steps"
 
 
 def run(args: DemoArgs) -> dict:
@@ -121,7 +146,8 @@ def run(args: DemoArgs) -> dict:
         "max_new_tokens": args.max_new_tokens,
         "plain_tokens_per_s": round(plain["tokens_per_s"], 2), "jetspec_tokens_per_s": round(spec["tokens_per_s"], 2),
         "speedup": round(spec["tokens_per_s"] / plain["tokens_per_s"], 3),
-        "accept_length": round(spec["accept_length"], 3), "same_outputs_in_speed_dtype": same_speed,
+        "accept_length": round(spec["accept_length"], 3), "budgets_chosen": budget_summary(spec["budget_state"]),
+        "budget_state": spec["budget_state"], "same_outputs_in_speed_dtype": same_speed,
         "parity_prompts": len(prompts) if args.dtype == "float32" else args.parity_prompts,
         "parity_tokens": args.max_new_tokens if args.dtype == "float32" else args.parity_tokens,
         "identical_outputs_fp32": parity,
@@ -136,12 +162,14 @@ def main(argv=None) -> int:
     if args.as_json:
         print(json.dumps(result, indent=2))
     else:
-        print(f"\n{result['model']} + JetSpec head, budget {result['budget']}, depth {result['depth']}, "
+        print(f"\n{result['model']} + JetSpec head, budget up to {result['budget']}, depth {result['depth']}, "
               f"width {result['width']}; {len(result['prompts'])} held-out prompts, greedy, "
               f"{result['max_new_tokens']} new tokens max")
         print(f"  plain decoding : {result['plain_tokens_per_s']:7.2f} tok/s")
         print(f"  JETSPEC        : {result['jetspec_tokens_per_s']:7.2f} tok/s  (x{result['speedup']:.2f})")
         print(f"  accept length  : {result['accept_length']:.2f} tokens per verify round")
+        print(f"  tree budget    : {result['budgets_chosen']} (JETSPEC_BUDGET=auto is the default; "
+              "JETSPEC_BUDGET=N fixes it)")
         if result["dtype"] != "float32":
             print(f"  {result['dtype']} outputs equal to plain {result['dtype']}: "
                   f"{result['same_outputs_in_speed_dtype']} (not expected to be all: {result['dtype']} outputs "
