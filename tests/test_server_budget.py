@@ -63,6 +63,8 @@ def test_budget_switching_every_step_identical_to_plain(smollm2_dir, smollm2_hea
                                     plain_outputs)
     assert state["policy"] == "schedule" and set(state["chosen"]) == {str(n) for n in schedule}
     assert "JETSPEC budget (schedule): N=" in log
+    # budgets 2 and 4 (< L + 1 = 8) drafted 2- and 4-row blocks (the causal head's rows do not see later ones)
+    assert "budgets N < 8 draft N rows" in log
 
 
 def test_auto_budget_identical_to_plain_and_reported(smollm2_dir, smollm2_head, server_logs, plain_outputs,

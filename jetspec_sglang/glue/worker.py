@@ -63,6 +63,11 @@ class JetSpecWorker(DFlashWorkerV2):
         self.draft_model.set_block_size(self.block_size)
         self._block_pos_offsets = build_block_pos_offsets(length=self.block_size, device=self.device)
         self._draft_block_spec_info = make_draft_block_spec_info(draft_token_num=self.block_size, device=self.device)
+        self._draft_block_spec_infos = {self.block_size: self._draft_block_spec_info}  # block length -> spec info
+        # A tree of N nodes reaches depth N - 1 at most, so a budget N < L + 1 needs only the first N block rows.
+        # For a block-causal head without block convolutions those rows do not see the later ones: drafting the
+        # shorter block is exact. On CPU only: the GPU draft CUDA graph is captured at the full block.
+        self._short_blocks = on_cpu and prefix_exact_draft(self.draft_model)
         self._draft_block_ids_buf = None  # re-allocated B wide by _ensure_draft_block_buffers
         # eagle_sample needs the full-vocabulary verify logits (TP > 1: gathered before sampling).
         for module in self.target_worker.model_runner.model.modules():
@@ -82,9 +87,11 @@ class JetSpecWorker(DFlashWorkerV2):
         if self._prof is not None and str(self.device).startswith("cuda"):
             self._prof.sync = torch.cuda.synchronize
         self.budget_feed = BudgetFeed(self.jetspec, self.device, get_observability().decode_log_interval)
-        logger.info("JETSPEC worker: budget=%d (%s) depth=%d draft block=%d (head block_size=%s) width=%d algo=%s "
-                    "ladder=%s ops=%s draft model=%s", self.max_budget, self.budget_feed.chooser.policy, self.depth,
-                    self.block_size, getattr(self.draft_model.config, "block_size", None), self.jetspec.width,
+        logger.info("JETSPEC worker: budget=%d (%s) depth=%d draft block=%d (head block_size=%s; budgets N < %d draft "
+                    "%s) width=%d algo=%s ladder=%s ops=%s draft model=%s", self.max_budget,
+                    self.budget_feed.chooser.policy, self.depth, self.block_size,
+                    getattr(self.draft_model.config, "block_size", None), self.block_size,
+                    "N rows" if self._short_blocks else "the full block", self.jetspec.width,
                     self.jetspec.tree_algo, self.jetspec.budget_ladder or "off", self.jetspec.backend,
                     type(self.draft_model).__name__)
 
@@ -137,8 +144,9 @@ class JetSpecWorker(DFlashWorkerV2):
         if N == 1:  # the ladder's last step: no speculation, the verify forward decodes one token
             tree = empty_tree(bonus_B, 1)
         else:
-            logprobs_BLK, tokens_BLK = self._draft(batch, prefix_B, bonus_B, window_BW[:, :B], host_bound_B, plan(B),
-                                                   prof)
+            Bq = min(B, N) if self._short_blocks else B  # draft block rows this budget can use
+            logprobs_BLK, tokens_BLK = self._draft(batch, prefix_B, bonus_B, window_BW[:, :Bq], host_bound_B,
+                                                   plan(Bq), prof)
             caps_BL = None
             if self.jetspec.tree_algo == "top2gap":
                 caps_BL = top2gap_fanout_caps(logprobs_BLK, self.jetspec.width, self.jetspec.top2gap_beta,
@@ -176,8 +184,9 @@ class JetSpecWorker(DFlashWorkerV2):
         return torch.tensor([req.kv.kv_allocated_len for req in batch.reqs], dtype=torch.int64)
 
     def _draft(self, batch, prefix_B, bonus_B, block_loc_BQ, host_bound_B, draft_plan, prof=None):
-        """One draft forward over [bonus, MASK x L] at prefix + [0, L]; returns per-depth top-K (logprobs, ids)."""
-        bs, B, K = len(prefix_B), self.block_size, self.jetspec.width
+        """One draft forward over [bonus, MASK x (B - 1)] at prefix + [0, B - 1], B = block_loc_BQ's width (the
+        full block L + 1, or fewer rows for a small budget); returns per-depth top-K (logprobs, ids) [bs, B - 1, K]."""
+        bs, B, K = len(prefix_B), block_loc_BQ.shape[1], self.jetspec.width
         target_model = self.target_worker.model_runner.model
         embed = unwrap_lora_layer(_resolve_dflash_embedding_module(self.draft_model, target_model))
         lm_head = unwrap_lora_layer(target_model.lm_head)
@@ -191,10 +200,10 @@ class JetSpecWorker(DFlashWorkerV2):
             forward_mode=ForwardMode.TARGET_VERIFY, batch_size=bs, input_ids=block_ids_BQ.reshape(-1),
             req_pool_indices=batch.req_pool_indices, seq_lens=prefix_B, out_cache_loc=flat(block_loc_BQ),
             seq_lens_sum=int(seq_lens_cpu.sum()), seq_lens_cpu=seq_lens_cpu,
-            positions=(prefix_B[:, None] + self._block_pos_offsets).reshape(-1),
+            positions=(prefix_B[:, None] + self._block_pos_offsets[:B]).reshape(-1),
             input_embeds=embeds_TM.reshape(bs * B, -1),
             # The draft block is DFLASH's block forward exactly; its runner's branches key on DFLASH.
-            spec_algorithm=SpeculativeAlgorithm.DFLASH, spec_info=self._draft_block_spec_info,
+            spec_algorithm=SpeculativeAlgorithm.DFLASH, spec_info=self._block_spec_info(B),
             capture_hidden_mode=CaptureHiddenMode.NULL, global_num_token_non_padded_cpu=bs * B,
             can_run_decode_cuda_graph=batch.can_run_decode_cuda_graph,
         )
@@ -213,6 +222,13 @@ class JetSpecWorker(DFlashWorkerV2):
         if prof:
             prof.lap("topk")
         return logprobs_BLK, ids_TK.view(bs, B - 1, K)
+
+    def _block_spec_info(self, width: int):
+        info = self._draft_block_spec_infos.get(width)
+        if info is None:
+            info = self._draft_block_spec_infos[width] = make_draft_block_spec_info(draft_token_num=width,
+                                                                                    device=self.device)
+        return info
 
     def _verify_and_commit(self, batch, verify_input, verify_plan, prefix_B, host_bound_B, N, on_publish,
                            grammar_barrier, prof=None) -> GenerationBatchResult:
@@ -287,6 +303,16 @@ class JetSpecWorker(DFlashWorkerV2):
             cache_loc_2d=cache_loc_BC, positions=(prefix_B[:, None] + torch.arange(C, device=self.device)).reshape(-1),
             commit_lens=accept_lens_B.to(torch.int32),
         )
+
+
+def prefix_exact_draft(draft_model) -> bool:
+    """True when the first r rows of a draft block do not depend on the rows after them, so a shorter block gives
+    the same hidden states: a block-causal head (JetSpecDraftModel.causal_head) with no block convolutions
+    (DFlash's attention/mlp convs index the block layout by its size)."""
+    if not getattr(draft_model, "causal_head", False):
+        return False
+    return all(getattr(layer, name, None) is None for layer in draft_model.layers
+               for name in ("attention_conv", "mlp_conv"))
 
 
 def flat(x_BW: torch.Tensor) -> torch.Tensor:
