@@ -41,8 +41,10 @@ def policy_of(config: JetSpecConfig) -> str:
 class BudgetChooser:
     """Per-step budget for a running batch; keeps the estimates and counters that the server reports."""
 
-    def __init__(self, config: JetSpecConfig, hysteresis: float = 0.03, min_stale_steps: int = 32):
+    def __init__(self, config: JetSpecConfig, hysteresis: float = 0.03, min_stale_steps: int = 32,
+                 probe_steps: int = 2):
         self.config, self.policy = config, policy_of(config)
+        self.probe_steps = probe_steps  # measured steps of every candidate at start-up (after its warm-up step)
         self.max_budget = config.budget
         self.candidates = candidate_budgets(config.budget) if self.policy == "auto" else ()
         self.explore, self.hysteresis, self.min_stale_steps = config.budget_explore, hysteresis, min_stale_steps
@@ -113,10 +115,10 @@ class BudgetChooser:
 
     def _choose(self, batch: int) -> tuple[int, float | None]:
         """(budget, the best budget's estimated seconds per committed token when exploring, else None)."""
-        # Start-up probe: every candidate is measured (each needs two steps: the first is warm-up), the largest
-        # first, which also fills the acceptance of every rank.
+        # Start-up probe: every candidate is measured probe_steps times after a warm-up step, the largest first,
+        # which also fills the acceptance of every rank.
         for n in reversed(self.candidates):
-            if not self.cost.measured(n):
+            if n not in self._warm or self.cost.observations(n) < self.probe_steps:
                 return n, None
         rates = self.rates(batch)
         best = max(self.candidates, key=lambda n: (rates[n], -n))

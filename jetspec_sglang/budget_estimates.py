@@ -9,7 +9,8 @@ its formulas are in docs/auto-budget.md. Words (budget, accepted, bonus) as defi
   So one step at budget N tells, for every n <= N, what n would have accepted: per-rank hit rates
   h[i] = P(node i is on the accepted path) give accept length tau(n) = 1 + sum_{0 < i < n} h[i].
 * CostModel: the seconds of one decode step (start to start, scheduler included) per exact (batch, budget),
-  a recency-weighted mean; unmeasured cells are interpolated along the batch size.
+  the minimum of its first observations, then a recency-weighted mean; unmeasured cells are interpolated along
+  the batch size.
 """
 from __future__ import annotations
 
@@ -95,12 +96,14 @@ class Cell:
 
 
 class CostModel:
-    """Step seconds per exact (batch size, budget) cell; `weight` is the floor of a new observation's weight
-    (1/count before that: the first observations are averaged), `clip` bounds a new observation to
-    [mean / clip, mean * clip] (a GC pause or a stray prefill does not move a cell far)."""
+    """Step seconds per exact (batch size, budget) cell. The first `settle` observations of a cell keep their
+    minimum (other work on the machine only ever adds time, and one unlucky first step must not make a budget
+    look expensive until exploration gets round to it again); after that a recency-weighted mean with `weight`
+    the floor of a new observation's weight, each new observation clipped to [mean / clip, mean * clip] (a GC
+    pause or a stray prefill does not move a cell far)."""
 
-    def __init__(self, weight: float = 0.2, clip: float = 4.0):
-        self.weight, self.clip = weight, clip
+    def __init__(self, weight: float = 0.2, clip: float = 4.0, settle: int = 3):
+        self.weight, self.clip, self.settle = weight, clip, settle
         self.cells: dict[tuple[int, int], Cell] = {}
         self._batches: dict[int, list[int]] = {}  # budget -> sorted batch sizes with a cell
         self._by_batch: dict[int, dict[int, Cell]] = {}  # batch -> budget -> cell
@@ -113,13 +116,20 @@ class CostModel:
             self.cells[(batch, budget)] = self._by_batch.setdefault(batch, {})[budget] = Cell(seconds, 1, step)
             bisect.insort(self._batches.setdefault(budget, []), batch)
             return
-        seconds = min(max(seconds, cell.seconds / self.clip), cell.seconds * self.clip)
         cell.count += 1
-        cell.seconds += max(1.0 / cell.count, self.weight) * (seconds - cell.seconds)
         cell.step = step
+        if cell.count <= self.settle:
+            cell.seconds = min(cell.seconds, seconds)
+            return
+        seconds = min(max(seconds, cell.seconds / self.clip), cell.seconds * self.clip)
+        cell.seconds += self.weight * (seconds - cell.seconds)
 
     def measured(self, budget: int) -> bool:
         return budget in self._batches
+
+    def observations(self, budget: int) -> int:
+        """Observations of `budget` over all batch sizes."""
+        return sum(self.cells[(b, budget)].count for b in self._batches.get(budget, ()))
 
     def estimate(self, batch: int, budget: int) -> float | None:
         """Seconds of a step of `batch` requests at `budget`; None when the budget was never measured.
