@@ -10,7 +10,7 @@ requests count, minus the first --skip of each run. Per (dtype, b, config):
 median step period (start to start of consecutive decode steps, scheduler included), median of each phase, the
 round / plain-step ratio (same dtype, same b) and the accept length tau from the responses.
 
-    python bench/bench_round.py --out runs/bench_round        # the full sweep (~30 min on 2 quiet cores)
+    python bench/bench_round.py --out runs/bench_round        # the full sweep (~20 min on 2 quiet cores)
     python bench/bench_round.py --dtypes bfloat16 --budgets 8 16 --batch 1 --out runs/round_quick
 
 Writes OUT/results.json (every summary), OUT/results.md (the README table), OUT/raw/*.jsonl (every step record)
