@@ -6,7 +6,8 @@
 #   There, from the repository root:          bash scripts/gpu_train_smollm2.sh   # results -> $OUT (or runs/gpu)
 #
 # .gpu/{a,b}/ hold the SmolLM2 GGUF in two parts (a machine call carries at most 64 MiB), the gguf wheel and
-# prompts.jsonl.gz (the tokenised train-split plan). Stages: 1. dequantise the GGUF into an HF folder; 2. `train generate` in GEN_PROCS
+# prompts.jsonl.gz (the tokenised train-split plan); .gpu/c/natural.jsonl.xz (optional, its own call: natural
+# training text, used beside the regenerated answers). Stages: 1. dequantise the GGUF into an HF folder; 2. `train generate` in GEN_PROCS
 # processes sharing the GPU until GEN_DEADLINE s; 3. `train online` for four heads at once, each for TRAIN_BUDGET s:
 # causal (the shipped head), bidirectional (the comparison), causal on half the data and causal with 3 layers (the
 # learning-curve questions of the head README); 4. the data, the causal and bidirectional heads and every run's
@@ -71,20 +72,26 @@ for r in $(seq 0 $((GEN_PROCS - 1))); do
 done
 wait
 cat "$WORK"/data/responses.rank*.jsonl > "$WORK/data/responses.jsonl"
-python3 - "$WORK/data/responses.jsonl" <<'EOF' | tee "$LOGS/data_summary.txt"
+DATA="$WORK/data/responses.jsonl"
+if [ "$SMOKE" != 1 ] && ls .gpu/*/natural.jsonl.xz >/dev/null 2>&1; then  # natural text beside the regenerations
+  xz -dc .gpu/*/natural.jsonl.xz > "$WORK/data/natural.jsonl" || exit 3
+  DATA="$DATA,$WORK/data/natural.jsonl"
+fi
+python3 - "$DATA" <<'EOF' | tee "$LOGS/data_summary.txt"
 import collections, json, sys
-recs = [json.loads(x) for x in open(sys.argv[1]) if x.strip()]
+recs = [json.loads(x) for path in sys.argv[1].split(",") for x in open(path) if x.strip()]
 by = collections.Counter()
 for r in recs:
-    by[(r["dataset"], r["temperature"])] += len(r["response_ids"])
+    t = r["temperature"]
+    by[(r["dataset"], "natural" if t is None else f"T={t:g}")] += len(r["response_ids"])
 print(f"{len(recs)} sequences, {sum(by.values())} response tokens, "
       f"{sum(len(r['prompt_ids']) + len(r['response_ids']) for r in recs)} tokens in all")
 for (d, t), n in sorted(by.items()):
-    print(f"  {d} T={t:g}: {n} response tokens")
+    print(f"  {d} {t}: {n} response tokens")
 EOF
 
 log "3. four heads side by side, ${TRAIN_BUDGET}s each"
-COMMON=(--model "$MODEL" --data "$WORK/data/responses.jsonl" --device "$DEVICE" --steps "$STEPS" --time-budget-s
+COMMON=(--model "$MODEL" --data "$DATA" --device "$DEVICE" --steps "$STEPS" --time-budget-s
         "$TRAIN_BUDGET" --seqs-per-step 16 --anchors-per-seq 64 --max-seq-len 1024 --lr 8e-4 --warmup-steps 100
         --eval-every 250 --log-every 50 --ckpt-every 250 --eval-sequences 48 "${HEAD[@]}")
 run() {  # name, extra args...

@@ -7,6 +7,7 @@
   prompts     the tokenised train-split requests of a plan, for `generate` on a machine without the data packages
   generate    GPU regeneration in large HF `generate` batches, sharded over processes (train/generate_batched.py)
   online      distil against the live target on CPU, one GPU or torchrun (train/online.py); no cache
+  natural     the datasets' own answers to train-split prompts as training sequences (train/natural.py)
 Large outputs go under ${JETSPEC_CACHE:-~/.cache/jetspec_sglang}/train/. Imports no sglang.
 """
 from __future__ import annotations
@@ -244,6 +245,26 @@ def _run_score(a) -> None:
     print(json.dumps(result))  # the CLI's result, for shell pipelines
 
 
+def _add_natural(sub) -> None:
+    p = sub.add_parser("natural", help="the datasets' own answers to train-split prompts as training sequences")
+    p.add_argument("--model", default="smollm2", help="prepared model name or HF folder (its tokenizer)")
+    p.add_argument("--plan", default="sharegpt:0,gsm8k:0,humaneval:0",
+                   help="DATASET:COUNT,... (0 = every train record with an answer)")
+    p.add_argument("--out", default=_default("data/smollm2-natural/responses.jsonl"))
+    p.add_argument("--max-prompt-len", type=int, default=384)
+    p.add_argument("--max-response-len", type=int, default=1024)
+    p.add_argument("--seed", type=int, default=0)
+
+
+def _run_natural(a) -> None:
+    from jetspec_sglang.train.natural import NaturalConfig, parse_natural_plan, write_natural
+
+    summary = write_natural(NaturalConfig(model=_model_path(a.model), out=a.out, plan=parse_natural_plan(a.plan),
+                                          max_prompt_len=a.max_prompt_len, max_response_len=a.max_response_len,
+                                          seed=a.seed))
+    print(json.dumps({"out": a.out, "datasets": summary}))  # the CLI's result, for shell pipelines
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m jetspec_sglang.train", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -255,11 +276,13 @@ def main(argv: list[str] | None = None) -> int:
     _add_generate(sub)
     _add_online(sub)
     _add_score(sub)
+    _add_natural(sub)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     {"regenerate": _run_regenerate, "cache": _run_cache, "fit": _run_fit, "eval": _run_eval, "prompts": _run_prompts,
-     "generate": _run_generate, "online": _run_online, "score": _run_score}[args.command](args)
+     "generate": _run_generate, "online": _run_online, "score": _run_score,
+     "natural": _run_natural}[args.command](args)
     return 0
 
 
