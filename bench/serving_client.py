@@ -20,6 +20,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from jetspec_sglang.serving import budget_report
+
 CONCURRENCY, RATE = "concurrency", "rate"
 # bench_serving result fields copied into a record as they are (ms unless named otherwise).
 METRIC_KEYS = (
@@ -221,8 +223,7 @@ def make_record(raw: dict, group: str, config: dict, point: Point, prompt_ids: l
     record["retokenized_ratio"] = retok / total if total else float("nan")  # ~1 when the token counts are sane
     info = raw.get("server_info") or {}
     record["server_info"] = {k: info[k] for k in SERVER_INFO_KEYS if k in info}
-    states = info.get("internal_states") or [{}]
-    record["budget_state"] = states[0].get("jetspec_budget")  # cumulative since the server started (glue hook H8)
+    record["budget_state"] = budget_report(info)  # cumulative since the server started (glue hook H8)
     return record
 
 

@@ -88,18 +88,11 @@ def _serve(spec: ServerSpec, log: Path, prompts, max_new: int, label: str) -> di
         for ids in tqdm(prompts, desc=label, unit="prompt"):
             outs.append(server.generate(input_ids=ids, max_new_tokens=max_new, temperature=0))
         seconds = time.perf_counter() - start
-        budget = _budget_state(server) if spec.head else None
+        budget = server.budget_report() if spec.head else None
     tokens = sum(o["meta_info"]["completion_tokens"] for o in outs)
     rounds = sum(o["meta_info"].get("spec_verify_ct", 0) for o in outs)
     return {"outputs": outs, "seconds": seconds, "tokens": tokens, "tokens_per_s": tokens / seconds,
             "accept_length": tokens / rounds if rounds else None, "budget_state": budget}
-
-
-def _budget_state(server: Server) -> dict | None:
-    """The budget policy's report (/get_server_info internal state `jetspec_budget`): decode steps per budget."""
-    status, info = server.get("/get_server_info")
-    states = (info.get("internal_states") if status == 200 else None) or [{}]
-    return states[0].get("jetspec_budget")
 
 
 def budget_summary(state: dict | None) -> str:

@@ -148,6 +148,11 @@ class Server:
         except urllib.error.HTTPError as e:
             return e.code, {"error": e.read().decode(errors="replace")}
 
+    def budget_report(self) -> dict | None:
+        """The JETSPEC budget policy's report of this server (`budget_report` of its /get_server_info)."""
+        status, info = self.get("/get_server_info")
+        return budget_report(info) if status == 200 else None
+
     def generate(self, text: str | None = None, input_ids: list[int] | None = None, **sampling) -> dict:
         payload = {"sampling_params": sampling}
         if input_ids is not None:
@@ -158,3 +163,10 @@ class Server:
         if status != 200:
             raise RuntimeError(f"/generate returned {status}: {body}")
         return body
+
+
+def budget_report(server_info: dict) -> dict | None:
+    """`jetspec_budget` of a /get_server_info answer (glue hook H8): the budget policy, decode steps per budget and,
+    for auto, its estimates; cumulative since the server started. None for a plain server."""
+    states = server_info.get("internal_states") or [{}]
+    return states[0].get("jetspec_budget")

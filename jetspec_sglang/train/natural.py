@@ -58,9 +58,7 @@ def parse_natural_plan(text: str) -> tuple[tuple[str, int], ...]:
 def natural_records(tokenizer, cfg: NaturalConfig) -> list[dict]:
     """The records of the plan, each dataset's train prompts shuffled with cfg.seed, filtered by length."""
     rng = random.Random(cfg.seed)
-    eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    if eos is None or eos == tokenizer.unk_token_id:
-        eos = tokenizer.eos_token_id
+    eos = int(tokenizer.eos_token_id)  # <|im_end|> for prepared models (models.py pins it), as regenerate uses
     out = []
     for dataset, count in cfg.plan:
         records = [r for r in load_prompts(dataset, "train") if r.reference and r.reference.strip()]
@@ -74,7 +72,7 @@ def natural_records(tokenizer, cfg: NaturalConfig) -> list[dict]:
             if len(prompt_ids) > cfg.max_prompt_len or len(response_ids) < cfg.min_response_len:
                 continue
             finished = len(response_ids) < cfg.max_response_len
-            response_ids = response_ids[:cfg.max_response_len - 1] + [int(eos)] if finished else \
+            response_ids = response_ids[:cfg.max_response_len - 1] + [eos] if finished else \
                 response_ids[:cfg.max_response_len]
             picked.append(record)
             out.append({"key": f"{record.id}@natural", "id": record.id, "dataset": dataset, "split": "train",
