@@ -49,7 +49,7 @@ class Args:
 def parse(argv=None) -> Args:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--target", default="smollm2")
-    p.add_argument("--causal", required=True, help="causal head folder (the shipped head)")
+    p.add_argument("--causal", default=None, help="causal head folder (the shipped head)")
     p.add_argument("--bidirectional", default=None, help="bidirectional head folder (same data, steps, seed)")
     p.add_argument("--prompts", type=int, default=30, help="per dataset")
     p.add_argument("--max-new-tokens", type=int, default=256)
@@ -59,8 +59,18 @@ def parse(argv=None) -> Args:
     p.add_argument("--out", default="runs/bench_accept")
     p.add_argument("--validate", type=int, default=0, help="prompts per dataset rerun with the real engine")
     p.add_argument("--batch", type=int, default=8, help="generation batch for the greedy continuations")
+    p.add_argument("--head", action="append", default=[], metavar="NAME=DIR",
+                   help="more heads to compare under their own names (repeatable), e.g. --head gpu=bench/heads/X")
     a = p.parse_args(argv)
-    heads = {"causal": a.causal} | ({"bidirectional": a.bidirectional} if a.bidirectional else {})
+    heads = ({"causal": a.causal} if a.causal else {}) | (
+        {"bidirectional": a.bidirectional} if a.bidirectional else {})
+    for item in a.head:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path or name in heads:
+            p.error(f"--head {item!r}: write NAME=DIR with a name not used twice")
+        heads[name] = path
+    if not heads:
+        p.error("no head to score: pass --causal DIR and/or --head NAME=DIR")
     return Args(a.target, heads, a.prompts, a.max_new_tokens, tuple(a.budgets), a.width, a.depth, Path(a.out),
                 a.validate, a.batch)
 
@@ -124,8 +134,8 @@ def run(args: Args) -> list[dict]:
                          "tau": sum(flat) / max(len(flat), 1),
                          "tau_per_request_mean": sum(sum(r) / len(r) for r in per_request if r) / len(per_request)})
         if args.validate:
-            validations.append(validate(model, tok, heads["causal"], prompt_ids[: args.validate], conts, args,
-                                        lengths[("causal", "tree", args.budgets[len(args.budgets) // 2], args.width)]))
+            validations.append(validate(model, tok, next(iter(heads.values())), prompt_ids[: args.validate], conts, args,
+                                        lengths[(next(iter(heads)), "tree", args.budgets[len(args.budgets) // 2], args.width)]))
     with (args.out / "results.jsonl").open("w") as f:
         for row in rows + validations:
             f.write(json.dumps(row) + "\n")

@@ -3,6 +3,7 @@ round-trip, block/teacher alignment, the training mask against a per-block forwa
 resume continues bit-exactly, and the exported head loads with load_draft_head. Tiny random targets built here."""
 import json
 
+import numpy as np
 import pytest
 import torch
 from conftest import tol
@@ -12,11 +13,11 @@ from jetspec_sglang.draft_head import load_draft_head
 from jetspec_sglang.draft_head_config import read_checkpoint
 from jetspec_sglang.taps import forward_with_taps
 from jetspec_sglang.train.blocks import make_batch, sample_anchors
-from jetspec_sglang.train.cache import CacheConfig, CacheReader, build_cache, teacher_topk
+from jetspec_sglang.train.cache import CacheConfig, CacheReader, build_cache, open_cache, teacher_topk
 from jetspec_sglang.train.decode import Request, decode_stream
 from jetspec_sglang.train.init_head import copy_target_layers
 from jetspec_sglang.train.loop import FitConfig, batch_for_step, build_head, fit, load_target_parts
-from jetspec_sglang.train.loss import depth_weights, forward_kl_fused, forward_kl_ref
+from jetspec_sglang.train.loss import SampledVocab, depth_weights, forward_kl_fused, forward_kl_ref
 
 F32, F64, BF16 = tol(torch.float32), tol(torch.float64), tol(torch.bfloat16)
 VOCAB, MASK_ID, EOS = 96, 3, 2
@@ -120,6 +121,55 @@ def test_fused_loss_matches_reference_value_and_gradient(top_k):
     torch.testing.assert_close(grad_f, hidden.grad, **BF16)
 
 
+def _kl_and_grad(hidden, weight, logp, ids, rest, **kw):
+    hidden = hidden.detach().clone().requires_grad_()
+    kl, argmax = forward_kl_fused(hidden, weight, logp, ids, rest, chunk=5, **kw)
+    kl.sum().backward()
+    return kl.detach(), argmax, hidden.grad
+
+
+def test_sampled_vocab_columns_hold_every_teacher_token_and_weigh_the_tail():
+    vocab = SampledVocab(torch.tensor([0, 7]), tail_samples=5, vocab_size=30)
+    ids = torch.tensor([[2, 9], [9, 29]])
+    cols, weight, local = vocab.columns(ids, torch.Generator().manual_seed(0))
+    assert torch.equal(cols[local], ids)  # the teacher's top-K are computed, at these columns
+    assert cols.unique().numel() == cols.numel() == 5 + 5  # exact {0, 7, 2, 9, 29} + 5 distinct tail draws
+    assert torch.equal(weight[:5], torch.ones(5)) and torch.allclose(weight[5:], torch.full((5,), 25 / 5))
+    assert float(weight.sum()) == pytest.approx(30)  # the weights stand for the whole vocabulary
+    with pytest.raises(ValueError, match="--tail-samples 0"):
+        SampledVocab(torch.tensor([0]), tail_samples=0, vocab_size=30)
+
+
+def test_sampled_vocab_with_the_whole_tail_is_the_full_loss():
+    n, m, v = 11, 16, 60
+    hidden, weight = torch.randn(n, m) * 2, torch.randn(v, m) / m ** 0.5
+    logp, ids, rest = teacher_topk(torch.randn(n, v) * 2, 6)
+    full = _kl_and_grad(hidden, weight, logp, ids.long(), rest)
+    every = _kl_and_grad(hidden, weight, logp, ids.long(), rest,
+                         vocab=SampledVocab(torch.tensor([1, 5]), tail_samples=v, vocab_size=v))
+    torch.testing.assert_close(every[0], full[0], **BF16)
+    assert torch.equal(every[1], full[1])
+    torch.testing.assert_close(every[2], full[2], **BF16)
+
+
+def test_sampled_vocab_estimate_centres_on_the_full_loss():
+    """A quarter of the tail per draw: the mean over draws of KL and of the gradient approach the full-vocabulary
+    values (the estimate is consistent), and the rest mass is where the spread comes from."""
+    n, m, v = 8, 16, 400
+    hidden, weight = torch.randn(n, m), torch.randn(v, m) / m ** 0.5
+    logp, ids, rest = teacher_topk(torch.randn(n, v) * 3, 8)
+    kl_full, _, grad_full = _kl_and_grad(hidden, weight, logp, ids.long(), rest)
+    vocab = SampledVocab(torch.arange(40), tail_samples=90, vocab_size=v)
+    gen = torch.Generator().manual_seed(1)
+    draws = [_kl_and_grad(hidden, weight, logp, ids.long(), rest, vocab=vocab, generator=gen) for _ in range(300)]
+    kl_mean = torch.stack([d[0] for d in draws]).mean(0)
+    grad_mean = torch.stack([d[2] for d in draws]).mean(0)
+    torch.testing.assert_close(kl_mean, kl_full, rtol=0.03, atol=0.01)
+    cos = torch.nn.functional.cosine_similarity(grad_mean.flatten(), grad_full.flatten(), dim=0)
+    assert cos > 0.995, cos
+    assert torch.stack([d[0] for d in draws]).std(0).max() > 0  # the draws do differ
+
+
 def test_depth_weights():
     assert torch.equal(depth_weights(3, None), torch.ones(3))
     torch.testing.assert_close(depth_weights(3, 1.0), torch.tensor([1.0, 0.36787944, 0.13533528]))
@@ -173,6 +223,25 @@ def test_cache_round_trip(tiny_run):
         torch.testing.assert_close(seq["teacher_rest_R"], rest, **F32)
         total = torch.logsumexp(torch.cat([seq["teacher_logp_RK"], seq["teacher_rest_R"][:, None]], -1), -1)
         torch.testing.assert_close(total, torch.zeros_like(total), atol=1e-5, rtol=0)  # top-K + rest = 1
+
+
+def test_a_cache_set_reads_several_caches_as_one(tiny_run):
+    first = CacheReader(tiny_run["cache_dir"])
+    other = tiny_run["tmp"] / "cache_b"
+    build_cache(CacheConfig(model=str(tiny_run["model_dir"]), responses=str(tiny_run["tmp"] / "responses.jsonl"),
+                            out_dir=str(other), layer_ids=LAYERS, top_k=8, held_out_percent=50))
+    both = open_cache(f"{tiny_run['cache_dir']},{other}")
+    n = len(first.rows)
+    second = CacheReader(other)
+    assert both.train_indices() == first.train_indices() + [n + i for i in second.train_indices()]
+    assert both.held_out_indices() == first.held_out_indices() + [n + i for i in second.held_out_indices()]
+    assert torch.equal(both.sequence(n + 3)["taps_SF"], second.sequence(3)["taps_SF"])
+    assert np.allclose(both.teacher_mass(VOCAB), first.teacher_mass(VOCAB) + second.teacher_mass(VOCAB))
+    wrong = tiny_run["tmp"] / "cache_c"
+    build_cache(CacheConfig(model=str(tiny_run["model_dir"]), responses=str(tiny_run["tmp"] / "responses.jsonl"),
+                            out_dir=str(wrong), layer_ids=(0,), top_k=8, held_out_percent=20))
+    with pytest.raises(ValueError, match="same target taps"):
+        open_cache(f"{tiny_run['cache_dir']},{wrong}")
 
 
 def synthetic_sequence(length: int, resp_start: int, k: int = 3) -> dict:
@@ -296,3 +365,25 @@ def test_target_layer_init_reads_the_deepest_tap_with_the_next_layer(tiny_run):
         copy_target_layers(random_head, target.layers, target.final_norm_weight_M, x_SM.repeat(1, 2))
     with pytest.raises(ValueError, match="--intermediate-size"):
         build_head(fit_config(tiny_run, "x", init="target-layers", target_layer_ids=(0,)), target, reader)
+
+
+def test_fit_starts_from_a_head_folder_and_checks_its_taps(tiny_run):
+    fit(fit_config(tiny_run, "first", steps=2))
+    first = tiny_run["tmp"] / "first" / "head"
+    cfg = fit_config(tiny_run, "second", init_from=str(first))
+    reader = CacheReader(tiny_run["cache_dir"])
+    target = load_target_parts(str(tiny_run["model_dir"]))
+    head = build_head(cfg, target, reader)
+    _, want = read_checkpoint(first)
+    assert all(torch.equal(head.state_dict()[k], want[k].float()) for k in want)
+    with pytest.raises(ValueError, match="--target-layer-ids 0,2"):
+        build_head(fit_config(tiny_run, "third", init_from=str(first), target_layer_ids=(0,)), target, reader)
+
+
+def test_fit_with_a_sampled_vocabulary_reduces_the_loss(tiny_run):
+    """The sampled-vocabulary step (a quarter of the tiny vocabulary exact, 8 tail draws) trains as the full one."""
+    cfg = fit_config(tiny_run, "sampled", steps=30, log_every=5, ckpt_every=30, norm_init=1.0, exact_vocab=24,
+                     tail_samples=8)
+    fit(cfg)
+    metrics = [json.loads(line) for line in (tiny_run["tmp"] / "sampled" / "metrics.jsonl").read_text().splitlines()]
+    assert metrics[-1]["loss"] < 0.7 * metrics[0]["loss"]

@@ -84,7 +84,7 @@ def _add_fit(sub) -> None:
 
     d = FitConfig(cache_dir="", out_dir="", model="")
     p = sub.add_parser("fit", help="distil a draft head from the cache")
-    p.add_argument("--cache", default=_default("cache/smollm2"))
+    p.add_argument("--cache", default=_default("cache/smollm2"), help="cache directory, or several comma-separated")
     p.add_argument("--out", required=True, help="run directory (checkpoints, metrics, curve, head/)")
     p.add_argument("--model", default="smollm2")
     p.add_argument("--head-type", choices=("causal", "bidirectional"), default=d.head_type)
@@ -115,7 +115,7 @@ def _run_fit(a) -> None:
 def _add_eval(sub) -> None:
     p = sub.add_parser("eval", help="per-depth greedy agreement of a saved head on the held-out cache slice")
     p.add_argument("--head", required=True, help="head directory (config.json + model.safetensors)")
-    p.add_argument("--cache", default=_default("cache/smollm2"))
+    p.add_argument("--cache", default=_default("cache/smollm2"), help="cache directory, or several comma-separated")
     p.add_argument("--model", default="smollm2")
     p.add_argument("--anchor-stride", type=int, default=2)
     p.add_argument("--max-sequences", type=int, default=0)

@@ -192,3 +192,65 @@ class CacheReader:
             teacher_rest_R=torch.from_numpy(np.array(self.arrays["teacher_rest"][c:d])),
             resp_start=row.resp_start,
         )
+
+    def teacher_mass(self, vocab_size: int) -> np.ndarray:
+        """fp64 [V]: teacher probability mass per token id summed over the train sequences' rows (held-out rows are
+        not read); its largest entries are the exact set of a sampled-vocabulary fit (loss.SampledVocab)."""
+        mass_V = np.zeros(vocab_size, dtype=np.float64)
+        for i in self.train_indices():
+            row = self.rows[i]
+            c, d = row.teacher_start, row.teacher_start + row.length - row.resp_start
+            ids = np.asarray(self.arrays["teacher_ids"][c:d]).ravel()
+            mass_V += np.bincount(ids, weights=np.exp(np.asarray(self.arrays["teacher_logp"][c:d], np.float64)).ravel(),
+                                  minlength=vocab_size)
+        return mass_V
+
+
+class CacheSet:
+    """Several caches of the same target and taps read as one (`--cache a,b`): sequence i of the set is sequence
+    i - offset of the cache it falls in; train/held-out choices are each cache's own."""
+
+    def __init__(self, readers: list[CacheReader]) -> None:
+        first = readers[0]
+        for r in readers[1:]:
+            for key in ("layer_ids", "hidden_size", "top_k"):
+                if r.meta.get(key) != first.meta.get(key):
+                    raise ValueError(f"--cache {r.path}: {key} {r.meta.get(key)} differs from {first.path}'s "
+                                     f"{first.meta.get(key)}; caches read together need the same target taps")
+        self.readers, self.meta = readers, first.meta
+        self._where = [(r, j) for r in readers for j in range(len(r.rows))]
+
+    @property
+    def layer_ids(self) -> list[int]:
+        return self.readers[0].layer_ids
+
+    def _indices(self, name: str) -> list[int]:
+        out, base = [], 0
+        for r in self.readers:
+            out += [base + j for j in getattr(r, name)()]
+            base += len(r.rows)
+        return out
+
+    def train_indices(self) -> list[int]:
+        return self._indices("train_indices")
+
+    def held_out_indices(self) -> list[int]:
+        return self._indices("held_out_indices")
+
+    def sequence(self, i: int) -> dict:
+        reader, j = self._where[i]
+        return reader.sequence(j)
+
+    def teacher_mass(self, vocab_size: int) -> np.ndarray:
+        return sum(r.teacher_mass(vocab_size) for r in self.readers)
+
+
+Cache = CacheReader | CacheSet
+
+
+def open_cache(spec: str) -> Cache:
+    """One cache directory, or several separated by commas (read as one CacheSet)."""
+    paths = [x for x in str(spec).split(",") if x]
+    if not paths:
+        raise ValueError("--cache is empty: pass a cache directory (or several, comma-separated)")
+    return CacheReader(paths[0]) if len(paths) == 1 else CacheSet([CacheReader(x) for x in paths])

@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from jetspec_sglang.draft_head import load_draft_head
 from jetspec_sglang.train.blocks import make_batch
-from jetspec_sglang.train.cache import CacheReader
+from jetspec_sglang.train.cache import open_cache
 from jetspec_sglang.train.loop import tap_columns, load_target_parts
 from jetspec_sglang.train.loss import depth_weights
 from jetspec_sglang.train.step import distill_step
@@ -38,7 +38,7 @@ class EvalConfig:
 
 def evaluate(cfg: EvalConfig) -> dict:
     torch.set_num_threads(cfg.threads)
-    reader = CacheReader(cfg.cache_dir)
+    reader = open_cache(cfg.cache_dir)
     target = load_target_parts(cfg.model)
     head = load_draft_head(cfg.head, target_config=target.config, dtype=torch.float32)
     hc = head.config

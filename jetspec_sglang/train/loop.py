@@ -18,14 +18,14 @@ import time
 import torch
 from tqdm import tqdm
 
-from jetspec_sglang.draft_head import DraftHead, init_draft_head, save_draft_head
+from jetspec_sglang.draft_head import DraftHead, init_draft_head, load_draft_head, save_draft_head
 from jetspec_sglang.draft_head_config import make_draft_head_config
 from jetspec_sglang.taps import decoder_layers
 from jetspec_sglang.train.blocks import make_batch, sample_anchors
-from jetspec_sglang.train.cache import CacheReader
+from jetspec_sglang.train.cache import Cache, open_cache
 from jetspec_sglang.train.curves import plot_curves
 from jetspec_sglang.train.init_head import copy_target_layers
-from jetspec_sglang.train.loss import depth_weights
+from jetspec_sglang.train.loss import SampledVocab, depth_weights
 from jetspec_sglang.train.recipe import HeadRecipe, scheduled_lr
 from jetspec_sglang.train.step import distill_step
 
@@ -47,8 +47,10 @@ class FitConfig(HeadRecipe):
     log_every: int = 10
     ckpt_every: int = 100
     max_steps_this_run: int = 0  # stop (with a checkpoint) after this many steps of this invocation; 0 = no limit
-    threads: int = 1
+    threads: int = 2
     chunk: int = 512  # lm_head rows per fused-loss chunk
+    exact_vocab: int = 8192  # sampled-vocabulary loss: this many most frequent teacher tokens exact; 0 = full vocab
+    tail_samples: int = 1024  # ... plus this many tail tokens drawn per step (loss.SampledVocab)
 
 
 def learning_rate(cfg: FitConfig, step: int) -> float:
@@ -56,7 +58,7 @@ def learning_rate(cfg: FitConfig, step: int) -> float:
     return scheduled_lr(cfg, step, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
 
 
-def batch_for_step(cfg: FitConfig, reader: CacheReader, train_ids: list[int], step: int):
+def batch_for_step(cfg: FitConfig, reader: Cache, train_ids: list[int], step: int):
     """The (deterministic) BlockBatch of `step`."""
     n, per = len(train_ids), cfg.seqs_per_step
     picks = []
@@ -74,7 +76,17 @@ def batch_for_step(cfg: FitConfig, reader: CacheReader, train_ids: list[int], st
     return make_batch(seqs, anchors, cfg.block_size, cfg.mask_token_id, cfg.head_type == "causal")
 
 
-def tap_columns(reader: CacheReader, layer_ids) -> torch.Tensor:
+def sampled_vocab(cfg: FitConfig, reader: Cache, target: "TargetParts") -> SampledVocab | None:
+    """The step's logit columns (loss.SampledVocab), or None for the full vocabulary (--exact-vocab 0)."""
+    vocab_size = target.lm_head_weight_VM.shape[0]
+    if cfg.exact_vocab <= 0 or cfg.exact_vocab >= vocab_size:
+        return None
+    mass_V = torch.from_numpy(reader.teacher_mass(vocab_size))
+    exact = mass_V.argsort(descending=True, stable=True)[:cfg.exact_vocab]
+    return SampledVocab(exact, cfg.tail_samples, vocab_size)
+
+
+def tap_columns(reader: Cache, layer_ids) -> torch.Tensor:
     cached, m = reader.layer_ids, reader.meta["hidden_size"]
     missing = [i for i in layer_ids if i not in cached]
     if missing:
@@ -103,7 +115,7 @@ def load_target_parts(model_path: str) -> TargetParts:
                        model.model.norm.weight, decoder_layers(model), model.config)
 
 
-def build_head(cfg: FitConfig, target: TargetParts, reader: CacheReader) -> DraftHead:
+def build_head(cfg: FitConfig, target: TargetParts, reader: Cache) -> DraftHead:
     """A fresh head: `init_head.copy_target_layers` (--init target-layers), or init_draft_head (seeded) with the
     final norm at norm_init x the target's final norm (--init random).
 
@@ -116,6 +128,14 @@ def build_head(cfg: FitConfig, target: TargetParts, reader: CacheReader) -> Draf
         causal_head=cfg.head_type == "causal", target_layer_ids=list(cfg.target_layer_ids or reader.layer_ids),
         intermediate_size=cfg.intermediate_size, num_attention_heads=cfg.num_heads,
         num_key_value_heads=cfg.num_kv_heads, head_dim=cfg.head_dim)
+    if cfg.init_from:
+        head = load_draft_head(cfg.init_from, target_config=target.config, dtype=torch.float32)
+        wants, feeds = head.config.to_dict()["dflash_config"]["target_layer_ids"], list(head_cfg.target_layer_ids)
+        if list(wants) != feeds:
+            raise ValueError(f"--init-from {cfg.init_from} reads target layers {wants} but this fit feeds {feeds}; "
+                             f"pass --target-layer-ids {','.join(map(str, wants))} (the cache must hold them)")
+        logger.info("head initialised from %s", cfg.init_from)
+        return head
     head = init_draft_head(head_cfg, seed=cfg.seed)
     if cfg.init == "target-layers":
         ids = reader.train_indices()[:8]
@@ -145,9 +165,13 @@ def export_head(head: DraftHead, path: str | pathlib.Path) -> None:
     save_draft_head(out.to(torch.bfloat16), path)
 
 
+# settings added after runs were checkpointed: the value that reproduces what those runs did
+_BEFORE_FIELD = {"exact_vocab": 0, "tail_samples": 1024, "init_from": ""}
+
+
 def _comparable(cfg: dict) -> dict:
     """The settings a resumed run must share with its checkpoint (JSON-normalised: tuples -> lists)."""
-    return {k: v for k, v in json.loads(json.dumps(cfg)).items()
+    return {k: v for k, v in json.loads(json.dumps({**_BEFORE_FIELD, **cfg})).items()
             if k not in ("max_steps_this_run", "threads", "log_every", "ckpt_every", "out_dir")}
 
 
@@ -159,7 +183,7 @@ def fit(cfg: FitConfig, resume: bool = False) -> pathlib.Path:
     if state_path.exists() and not resume:
         raise FileExistsError(f"--out {out} already holds a run ({state_path}); pass --resume to continue it or "
                               f"choose another --out")
-    reader = CacheReader(cfg.cache_dir)
+    reader = open_cache(cfg.cache_dir)
     train_ids = reader.train_indices()
     target = load_target_parts(cfg.model)
     head = build_head(cfg, target, reader)
@@ -178,6 +202,7 @@ def fit(cfg: FitConfig, resume: bool = False) -> pathlib.Path:
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1) + "\n")
     weights_L = depth_weights(cfg.block_size - 1, cfg.depth_decay)
+    vocab = sampled_vocab(cfg, reader, target)
     logger.info("fit: %d train sequences, head %s, %d params", len(train_ids), head.config.to_dict()["dflash_config"],
                 sum(p.numel() for p in head.parameters()))
     window = _Window(cfg.block_size - 1)
@@ -190,7 +215,8 @@ def fit(cfg: FitConfig, resume: bool = False) -> pathlib.Path:
         for group in opt.param_groups:
             group["lr"] = lr
         batch = batch_for_step(cfg, reader, train_ids, step)
-        res = distill_step(head, target.embed_tokens, target.lm_head_weight_VM, batch, weights_L, cfg.chunk)
+        res = distill_step(head, target.embed_tokens, target.lm_head_weight_VM, batch, weights_L, cfg.chunk,
+                           vocab=vocab, generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + step + 1))
         opt.zero_grad(set_to_none=True)
         res.loss.backward()
         gnorm = float(torch.nn.utils.clip_grad_norm_(head.parameters(), cfg.grad_clip))

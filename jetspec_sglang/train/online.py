@@ -61,7 +61,6 @@ class OnlineConfig(HeadRecipe):
     held_out_percent: int = 3
     eval_sequences: int = 32
     eval_every: int = 200
-    init_from: str = ""  # a head folder to continue from (its training_state.json gives the step)
     log_every: int = 20
     ckpt_every: int = 500
     threads: int = 0  # CPU torch threads; 0 = torch's default

@@ -29,6 +29,8 @@ class HeadRecipe:
     depth_decay: float | None = None  # gamma of w_k = exp(-(k-1)/gamma); None = uniform (the JetSpec default)
     seed: int = 0
     init: str = "target-layers"  # "target-layers" (init_head.py) | "random" (init_draft_head)
+    init_from: str = ""  # a head folder to start from (its geometry wins, `init` is unused; online: its
+    # training_state.json continues the step count)
 
     def __post_init__(self) -> None:
         if self.head_type not in ("causal", "bidirectional"):

@@ -12,7 +12,7 @@ from torch import nn
 
 from jetspec_sglang.draft_head import DraftHead
 from jetspec_sglang.train.blocks import BlockBatch
-from jetspec_sglang.train.loss import forward_kl_fused
+from jetspec_sglang.train.loss import SampledVocab, forward_kl_fused
 
 
 @dataclasses.dataclass
@@ -26,8 +26,12 @@ class StepOutput:
 
 
 def distill_step(head: DraftHead, embed_tokens: nn.Module, lm_head_weight_VM: torch.Tensor, batch: BlockBatch,
-                 weights_L: torch.Tensor, chunk: int = 512, autocast: bool = True) -> StepOutput:
-    """Forward the batch; loss = sum_slots w_k * KL / sum_slots w_k over valid slots (jetspec-method.md 8)."""
+                 weights_L: torch.Tensor, chunk: int = 512, autocast: bool = True, vocab: SampledVocab | None = None,
+                 generator: torch.Generator | None = None) -> StepOutput:
+    """Forward the batch; loss = sum_slots w_k * KL / sum_slots w_k over valid slots (jetspec-method.md 8).
+
+    vocab None: the full-vocabulary KL (evaluation always); else the sampled estimate of loss.SampledVocab, drawn
+    with `generator`."""
     b, a, depth = batch.valid_BAL.shape
     q = depth + 1
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
@@ -38,7 +42,8 @@ def distill_step(head: DraftHead, embed_tokens: nn.Module, lm_head_weight_VM: to
     hidden_BALM = hidden_BRM.view(b, a, q, -1)[:, :, 1:]  # slot k of a block predicts depth k; the anchor row has no loss
     valid = batch.valid_BAL
     kl_N, argmax_N = forward_kl_fused(hidden_BALM[valid], lm_head_weight_VM, batch.teacher_logp_BALK[valid],
-                                      batch.teacher_ids_BALK[valid], batch.teacher_rest_BAL[valid], chunk)
+                                      batch.teacher_ids_BALK[valid], batch.teacher_rest_BAL[valid], chunk,
+                                      vocab, generator)
     w_N = weights_L.expand(b, a, depth)[valid]
     loss = (kl_N * w_N).sum() / w_N.sum().clamp_min(1e-9)
     with torch.no_grad():
