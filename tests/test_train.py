@@ -308,9 +308,14 @@ def test_training_mask_keeps_context_strictly_before_the_anchor(tiny_run, head_t
 def test_a_few_steps_reduce_the_loss(tiny_run):
     cfg = fit_config(tiny_run, "run", steps=30, log_every=5, ckpt_every=30, norm_init=1.0)
     fit(cfg)
-    metrics = [json.loads(line) for line in (tiny_run["tmp"] / "run" / "metrics.jsonl").read_text().splitlines()]
+    lines = [json.loads(line) for line in (tiny_run["tmp"] / "run" / "metrics.jsonl").read_text().splitlines()]
+    metrics = [r for r in lines if "loss" in r]
     assert len(metrics) == 6 and len(metrics[0]["agree"]) == 3
     assert metrics[-1]["loss"] < 0.7 * metrics[0]["loss"]
+    held = [r for r in lines if "heldout" in r]  # the end of the run scores the held-out sequences (full vocab)
+    assert [r["step"] for r in held] == [0, 30] and len(held[0]["heldout"]["agree"]) == 3
+    assert held[0]["supervised_positions"] == 0 < held[1]["supervised_positions"]
+    assert held[1]["heldout"]["kl_mean"] < held[0]["heldout"]["kl_mean"]
     assert (tiny_run["tmp"] / "run" / "curve.png").stat().st_size > 0
 
 
@@ -328,7 +333,12 @@ def test_resume_continues_from_the_same_step(tiny_run):
     _, got = read_checkpoint(tiny_run["tmp"] / "parts" / "head")
     assert all(torch.equal(want[k], got[k]) for k in want)
     lines = (tiny_run["tmp"] / "parts" / "metrics.jsonl").read_text().splitlines()
-    assert [json.loads(line)["step"] for line in lines] == [2, 4, 5, 6, 8, 10, 12]  # + one where the first run stopped
+    steps = [json.loads(line)["step"] for line in lines if "loss" in json.loads(line)]
+    assert steps == [2, 4, 5, 6, 8, 10, 12]  # + one where the first run stopped
+    held = [json.loads(line) for line in lines if "heldout" in json.loads(line)]
+    whole_held = [json.loads(line) for line in (tiny_run["tmp"] / "whole" / "metrics.jsonl").read_text().splitlines()
+                  if "heldout" in json.loads(line)]
+    assert held == whole_held  # the resumed run counts the same supervised positions and scores the same head
     with pytest.raises(ValueError, match="same arguments"):
         fit(fit_config(tiny_run, "parts", lr=1e-2), resume=True)
 
@@ -385,5 +395,6 @@ def test_fit_with_a_sampled_vocabulary_reduces_the_loss(tiny_run):
     cfg = fit_config(tiny_run, "sampled", steps=30, log_every=5, ckpt_every=30, norm_init=1.0, exact_vocab=24,
                      tail_samples=8)
     fit(cfg)
-    metrics = [json.loads(line) for line in (tiny_run["tmp"] / "sampled" / "metrics.jsonl").read_text().splitlines()]
+    lines = [json.loads(line) for line in (tiny_run["tmp"] / "sampled" / "metrics.jsonl").read_text().splitlines()]
+    metrics = [r for r in lines if "loss" in r]
     assert metrics[-1]["loss"] < 0.7 * metrics[0]["loss"]

@@ -54,7 +54,8 @@ def plot_curves(metrics_path: str | pathlib.Path, png_path: str | pathlib.Path, 
         for n in held[-1]["heldout"]["tau"]:
             ax_tau.plot(x, [r["heldout"]["tau"].get(n, float("nan")) for r in held], "--", lw=1, label=f"tau@{n}")
         ax_tau.plot(x, [r["heldout"]["tau_chain"] for r in held], ":", lw=1, label="tau chain")
-        ax_held.set(xlabel="supervised positions seen", ylabel="depth-1 agreement", ylim=(0, 1), xscale="log",
+        ax_held.set(xlabel="supervised positions seen", ylabel="depth-1 agreement", ylim=(0, 1),
+                    xscale="log" if min(x) > 0 else "linear",  # a fit's curve starts at 0 positions
                     title="held-out (greedy sequences)")
         ax_tau.set(ylabel="accept length per round (tau)")
         ax_held.grid(alpha=0.3)

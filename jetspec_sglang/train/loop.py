@@ -49,6 +49,8 @@ class FitConfig(HeadRecipe):
     max_steps_this_run: int = 0  # stop (with a checkpoint) after this many steps of this invocation; 0 = no limit
     threads: int = 2
     chunk: int = 512  # lm_head rows per fused-loss chunk
+    eval_every: int = 250  # held-out scores (full vocabulary) every this many steps and at the end; 0 = never
+    eval_sequences: int = 24  # the first held-out sequences of the cache scored then (anchors every 4th position)
     exact_vocab: int = 8192  # sampled-vocabulary loss: this many most frequent teacher tokens exact; 0 = full vocab
     tail_samples: int = 1024  # ... plus this many tail tokens drawn per step (loss.SampledVocab)
 
@@ -150,11 +152,12 @@ def build_head(cfg: FitConfig, target: TargetParts, reader: Cache) -> DraftHead:
 
 
 def _save_state(path: pathlib.Path, step: int, head: DraftHead, opt: torch.optim.Optimizer, cfg: FitConfig,
-                elapsed: float) -> None:
+                elapsed: float, positions: int) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     torch.save({"step": step, "head": head.state_dict(), "optim": opt.state_dict(),
-                "config": dataclasses.asdict(cfg), "elapsed_s": elapsed}, tmp)
+                "config": dataclasses.asdict(cfg), "elapsed_s": elapsed,
+                "supervised_positions": positions}, tmp)
     os.replace(tmp, path)
 
 
@@ -166,13 +169,14 @@ def export_head(head: DraftHead, path: str | pathlib.Path) -> None:
 
 
 # settings added after runs were checkpointed: the value that reproduces what those runs did
-_BEFORE_FIELD = {"exact_vocab": 0, "tail_samples": 1024, "init_from": ""}
+_BEFORE_FIELD = {"exact_vocab": 0, "tail_samples": 1024, "init_from": "", "eval_every": 0, "eval_sequences": 24}
 
 
 def _comparable(cfg: dict) -> dict:
     """The settings a resumed run must share with its checkpoint (JSON-normalised: tuples -> lists)."""
     return {k: v for k, v in json.loads(json.dumps({**_BEFORE_FIELD, **cfg})).items()
-            if k not in ("max_steps_this_run", "threads", "log_every", "ckpt_every", "out_dir")}
+            if k not in ("max_steps_this_run", "threads", "log_every", "ckpt_every", "out_dir", "eval_every",
+                         "eval_sequences")}
 
 
 def fit(cfg: FitConfig, resume: bool = False) -> pathlib.Path:
@@ -188,7 +192,7 @@ def fit(cfg: FitConfig, resume: bool = False) -> pathlib.Path:
     target = load_target_parts(cfg.model)
     head = build_head(cfg, target, reader)
     opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
-    start, elapsed0 = 0, 0.0
+    start, elapsed0, positions = 0, 0.0, 0
     if resume and state_path.exists():
         state = torch.load(state_path, weights_only=False)
         if _comparable(state["config"]) != _comparable(dataclasses.asdict(cfg)):
@@ -196,7 +200,7 @@ def fit(cfg: FitConfig, resume: bool = False) -> pathlib.Path:
                              f"arguments (only --max-steps-this-run/--threads/--log-every/--ckpt-every may change)")
         head.load_state_dict(state["head"])
         opt.load_state_dict(state["optim"])
-        start, elapsed0 = state["step"], state["elapsed_s"]
+        start, elapsed0, positions = state["step"], state["elapsed_s"], state.get("supervised_positions", 0)
         _truncate_metrics(metrics_path, start)
         logger.info("resumed %s at step %d", out, start)
     out.mkdir(parents=True, exist_ok=True)
@@ -206,6 +210,10 @@ def fit(cfg: FitConfig, resume: bool = False) -> pathlib.Path:
     logger.info("fit: %d train sequences, head %s, %d params", len(train_ids), head.config.to_dict()["dflash_config"],
                 sum(p.numel() for p in head.parameters()))
     window = _Window(cfg.block_size - 1)
+    held_ids = reader.held_out_indices()[:cfg.eval_sequences] if cfg.eval_every > 0 else []
+    if held_ids and start == 0:  # where the curve starts (a head from --init-from is not at zero)
+        with open(metrics_path, "a") as f:
+            f.write(json.dumps(heldout_line(head, target, reader, held_ids, 0, positions)) + "\n")
     t_run = time.time()
     end = cfg.steps if not cfg.max_steps_this_run else min(cfg.steps, start + cfg.max_steps_this_run)
     bar = tqdm(range(start, end), initial=start, total=cfg.steps, desc=f"fit {cfg.head_type}", unit="step")
@@ -222,14 +230,18 @@ def fit(cfg: FitConfig, resume: bool = False) -> pathlib.Path:
         gnorm = float(torch.nn.utils.clip_grad_norm_(head.parameters(), cfg.grad_clip))
         opt.step()
         window.add(res, gnorm)
+        positions += int(res.count_L.sum())
         if (step + 1) % cfg.log_every == 0 or step + 1 == end:
             rec = window.flush(step + 1, lr, elapsed0 + time.time() - t_run)
             with open(metrics_path, "a") as f:
                 f.write(json.dumps(rec) + "\n")
             bar.set_postfix(loss=f"{rec['loss']:.3f}", agree1=f"{rec['agree'][0]:.2f}",
                             tok_s=f"{rec['tokens_per_s']:.0f}", refresh=False)
+        if held_ids and ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps):
+            with open(metrics_path, "a") as f:
+                f.write(json.dumps(heldout_line(head, target, reader, held_ids, step + 1, positions)) + "\n")
         if (step + 1) % cfg.ckpt_every == 0 or step + 1 == end:
-            _save_state(state_path, step + 1, head, opt, cfg, elapsed0 + time.time() - t_run)
+            _save_state(state_path, step + 1, head, opt, cfg, elapsed0 + time.time() - t_run, positions)
             plot_curves(metrics_path, out / "curve.png", title=f"{cfg.head_type} head")
     bar.close()
     if end == cfg.steps:
@@ -237,6 +249,17 @@ def fit(cfg: FitConfig, resume: bool = False) -> pathlib.Path:
         logger.info("fit: finished %d steps in %.0f s; head in %s", cfg.steps, elapsed0 + time.time() - t_run,
                     out / "head")
     return out
+
+
+def heldout_line(head: DraftHead, target: TargetParts, reader: Cache, ids: list[int], step: int,
+                 positions: int) -> dict:
+    """A metrics line of full-vocabulary held-out scores (what curves.plot_curves draws against positions seen)."""
+    from jetspec_sglang.train.evaluate import score_heldout  # evaluate imports this module
+
+    scores = score_heldout(head, target, reader, ids, anchor_stride=4)
+    return dict(step=step, supervised_positions=positions,
+                heldout=dict(agree=scores["agree"], kl_mean=round(scores["kl_mean"], 4), tau={},
+                             tau_chain=round(scores["accept_len"] + 1, 4), sequences=len(ids)))
 
 
 def _truncate_metrics(path: pathlib.Path, step: int) -> None:
