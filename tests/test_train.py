@@ -390,6 +390,25 @@ def test_fit_starts_from_a_head_folder_and_checks_its_taps(tiny_run):
         build_head(fit_config(tiny_run, "third", init_from=str(first), target_layer_ids=(0,)), target, reader)
 
 
+def test_a_fit_continued_from_a_head_continues_its_curve(tiny_run):
+    """fit exports training_state.json + metrics.jsonl beside the head; `--init-from` that head (a fresh clone has
+    nothing else) counts supervised positions on from where the first run ended."""
+    fit(fit_config(tiny_run, "first", steps=4))
+    first = tiny_run["tmp"] / "first" / "head"
+    state = json.loads((first / "training_state.json").read_text())
+    assert state["step"] == 4 and state["supervised_positions"] > 0 and state["trainer"] == "fit"
+    assert (first / "metrics.jsonl").read_text() == (tiny_run["tmp"] / "first" / "metrics.jsonl").read_text()
+    fit(fit_config(tiny_run, "second", steps=4, init_from=str(first)))
+    lines = [json.loads(x) for x in (tiny_run["tmp"] / "second" / "metrics.jsonl").read_text().splitlines()]
+    held = [r for r in lines if "heldout" in r]
+    assert held[0]["supervised_positions"] == state["supervised_positions"]  # the first point is where it ended
+    # ... and scores what the first run scored last (up to the export's bf16 rounding of the weights)
+    assert held[0]["heldout"]["kl_mean"] == pytest.approx(state["final"]["heldout"]["kl_mean"], rel=0.02)
+    second = json.loads((tiny_run["tmp"] / "second" / "head" / "training_state.json").read_text())
+    assert second["supervised_positions"] == 2 * state["supervised_positions"]  # same batches, same count
+    assert second["continued_from"]["supervised_positions"] == state["supervised_positions"]
+
+
 def test_fit_with_a_sampled_vocabulary_reduces_the_loss(tiny_run):
     """The sampled-vocabulary step (a quarter of the tiny vocabulary exact, 8 tail draws) trains as the full one."""
     cfg = fit_config(tiny_run, "sampled", steps=30, log_every=5, ckpt_every=30, norm_init=1.0, exact_vocab=24,

@@ -33,6 +33,7 @@ logger = logging.getLogger(__name__)
 
 STATE_FILE = "ckpt/state.pt"
 METRICS_FILE = "metrics.jsonl"
+TRAINING_STATE = "training_state.json"  # beside an exported head: what it was trained with (online.py writes the same)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -192,7 +193,8 @@ def fit(cfg: FitConfig, resume: bool = False) -> pathlib.Path:
     target = load_target_parts(cfg.model)
     head = build_head(cfg, target, reader)
     opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
-    start, elapsed0, positions = 0, 0.0, 0
+    prior = read_training_state(cfg.init_from) if cfg.init_from else {}
+    start, elapsed0, positions = 0, 0.0, int(prior.get("supervised_positions", 0))  # the curve continues
     if resume and state_path.exists():
         state = torch.load(state_path, weights_only=False)
         if _comparable(state["config"]) != _comparable(dataclasses.asdict(cfg)):
@@ -246,9 +248,33 @@ def fit(cfg: FitConfig, resume: bool = False) -> pathlib.Path:
     bar.close()
     if end == cfg.steps:
         export_head(head, out / "head")
+        write_training_state(out, cfg, elapsed0 + time.time() - t_run, positions, prior)
         logger.info("fit: finished %d steps in %.0f s; head in %s", cfg.steps, elapsed0 + time.time() - t_run,
                     out / "head")
     return out
+
+
+def read_training_state(head_dir: str | pathlib.Path) -> dict:
+    """The training_state.json beside a head ({} when it has none)."""
+    path = pathlib.Path(head_dir) / TRAINING_STATE
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def write_training_state(out: pathlib.Path, cfg: FitConfig, elapsed: float, positions: int, prior: dict) -> dict:
+    """out/head/training_state.json + metrics.jsonl: what a fresh clone needs to continue the head (`fit
+    --init-from out/head`, or `online --init-from`): steps, supervised positions (the prior head's included), wall
+    time, the exact configuration, the last held-out scores and the head it continued from."""
+    metrics = out / METRICS_FILE
+    lines = [json.loads(x) for x in metrics.read_text().splitlines() if x.strip()] if metrics.exists() else []
+    held = [r["heldout"] for r in lines if "heldout" in r]
+    state = {"step": cfg.steps, "elapsed_s": round(elapsed, 1), "supervised_positions": positions,
+             "trainer": "fit", "config": dataclasses.asdict(cfg), "final": {"heldout": held[-1]} if held else {},
+             "continued_from": {k: prior[k] for k in ("step", "elapsed_s", "supervised_positions", "trainer")
+                                if k in prior} | ({"head": cfg.init_from} if cfg.init_from else {})}
+    (out / "head" / TRAINING_STATE).write_text(json.dumps(state, indent=1) + "\n")
+    if metrics.exists():
+        (out / "head" / METRICS_FILE).write_text(metrics.read_text())
+    return state
 
 
 def heldout_line(head: DraftHead, target: TargetParts, reader: Cache, ids: list[int], step: int,

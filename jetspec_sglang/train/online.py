@@ -31,7 +31,7 @@ from jetspec_sglang.train.cache import is_held_out
 from jetspec_sglang.train.curves import plot_curves
 from jetspec_sglang.train.heldout import evaluate_heldout
 from jetspec_sglang.train.init_head import copy_target_layers
-from jetspec_sglang.train.loop import export_head
+from jetspec_sglang.train.loop import TRAINING_STATE, export_head
 from jetspec_sglang.train.loss import depth_weights
 from jetspec_sglang.train.online_step import HeadBlocks, online_step
 from jetspec_sglang.train.recipe import HeadRecipe, scheduled_lr
@@ -42,7 +42,6 @@ logger = logging.getLogger(__name__)
 
 STATE_FILE = "ckpt/state.pt"
 METRICS_FILE = "metrics.jsonl"
-TRAINING_STATE = "training_state.json"
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
