@@ -197,7 +197,7 @@ def plot(table, budgets, path: Path) -> None:
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("mean accept length tau")
     axes[-1].legend(fontsize=8)
-    fig.suptitle("JetSpec on SmolLM2-135M-Instruct (CPU-trained heads, greedy)")
+    fig.suptitle("JetSpec heads on SmolLM2-135M-Instruct (held-out prompts, greedy)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 

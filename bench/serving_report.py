@@ -186,7 +186,7 @@ def _parity_lines(entries: list[dict], what: str) -> list[str]:
 def markdown(records: list[dict], checks: list[dict], plain_checks: list[dict], failures: list[dict],
              meta: dict) -> str:
     """The whole report; `failures` are runs that produced no record (server start or bench errors)."""
-    lines = [f"# Serving sweep: {meta.get('model')}", "",
+    lines = [f"# Serving sweep: {Path(str(meta.get('model'))).name}", "",
              " · ".join(f"{k}: {meta[k]}" for k in ("head", "device", "output_len", "seed", "wall_s") if k in meta),
              "", "Output throughput is bench_serving's (server token counts); `retok` recounts the returned text with "
              "the tokenizer (cpu-sglang.md section 9); ratios are to plain decoding of the same group and point in "

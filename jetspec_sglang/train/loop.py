@@ -43,7 +43,7 @@ class FitConfig(HeadRecipe):
     model: str  # target folder (only its embedding and lm_head are used)
     target_layer_ids: tuple[int, ...] = ()  # subset of the cached taps; () = all of them
     seqs_per_step: int = 4
-    anchors_per_seq: int = 32
+    anchors_per_seq: int = 64
     norm_init: float = 0.1  # random init only: the final norm starts at this fraction of the target's final norm
     log_every: int = 10
     ckpt_every: int = 100
@@ -260,6 +260,11 @@ def read_training_state(head_dir: str | pathlib.Path) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
+def portable_config(cfg) -> dict:
+    """The run's configuration for a committed file: the target as its folder name, not a path of this machine."""
+    return dataclasses.asdict(cfg) | {"model": pathlib.Path(cfg.model).name}
+
+
 def write_training_state(out: pathlib.Path, cfg: FitConfig, elapsed: float, positions: int, prior: dict) -> dict:
     """out/head/training_state.json + metrics.jsonl: what a fresh clone needs to continue the head (`fit
     --init-from out/head`, or `online --init-from`): steps, supervised positions (the prior head's included), wall
@@ -268,7 +273,7 @@ def write_training_state(out: pathlib.Path, cfg: FitConfig, elapsed: float, posi
     lines = [json.loads(x) for x in metrics.read_text().splitlines() if x.strip()] if metrics.exists() else []
     held = [r["heldout"] for r in lines if "heldout" in r]
     state = {"step": cfg.steps, "elapsed_s": round(elapsed, 1), "supervised_positions": positions,
-             "trainer": "fit", "config": dataclasses.asdict(cfg), "final": {"heldout": held[-1]} if held else {},
+             "trainer": "fit", "config": portable_config(cfg), "final": {"heldout": held[-1]} if held else {},
              "continued_from": {k: prior[k] for k in ("step", "elapsed_s", "supervised_positions", "trainer")
                                 if k in prior} | ({"head": cfg.init_from} if cfg.init_from else {})}
     (out / "head" / TRAINING_STATE).write_text(json.dumps(state, indent=1) + "\n")

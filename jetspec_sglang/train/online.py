@@ -31,7 +31,7 @@ from jetspec_sglang.train.cache import is_held_out
 from jetspec_sglang.train.curves import plot_curves
 from jetspec_sglang.train.heldout import evaluate_heldout
 from jetspec_sglang.train.init_head import copy_target_layers
-from jetspec_sglang.train.loop import TRAINING_STATE, export_head
+from jetspec_sglang.train.loop import TRAINING_STATE, export_head, portable_config
 from jetspec_sglang.train.loss import depth_weights
 from jetspec_sglang.train.online_step import HeadBlocks, online_step
 from jetspec_sglang.train.recipe import HeadRecipe, scheduled_lr
@@ -250,7 +250,7 @@ def _export(head: DraftHead, out: pathlib.Path, cfg: OnlineConfig, step: int, el
     """out/head: the official layout (bf16) + training_state.json + metrics.jsonl (what --init-from continues)."""
     export_head(head, out / "head")
     state = {"step": step, "elapsed_s": round(elapsed, 1), "supervised_positions": seen, "train_sequences": num_train,
-             "config": dataclasses.asdict(cfg), "final": final}
+             "config": portable_config(cfg), "final": final}
     (out / "head" / TRAINING_STATE).write_text(json.dumps(state, indent=1) + "\n")
     if (out / METRICS_FILE).exists():
         shutil.copy(out / METRICS_FILE, out / "head" / METRICS_FILE)
