@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import pathlib
+import shutil
 import time
 
 import torch
@@ -170,7 +171,7 @@ def export_head(head: DraftHead, path: str | pathlib.Path) -> None:
 
 
 # settings added after runs were checkpointed: the value that reproduces what those runs did
-_BEFORE_FIELD = {"exact_vocab": 0, "tail_samples": 1024, "init_from": "", "eval_every": 0, "eval_sequences": 24}
+_BEFORE_FIELD = {"exact_vocab": 0, "tail_samples": 1024, "init_from": ""}
 
 
 def _comparable(cfg: dict) -> dict:
@@ -203,7 +204,7 @@ def fit(cfg: FitConfig, resume: bool = False) -> pathlib.Path:
         head.load_state_dict(state["head"])
         opt.load_state_dict(state["optim"])
         start, elapsed0, positions = state["step"], state["elapsed_s"], state.get("supervised_positions", 0)
-        _truncate_metrics(metrics_path, start)
+        truncate_metrics(metrics_path, start)
         logger.info("resumed %s at step %d", out, start)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1) + "\n")
@@ -214,8 +215,7 @@ def fit(cfg: FitConfig, resume: bool = False) -> pathlib.Path:
     window = _Window(cfg.block_size - 1)
     held_ids = reader.held_out_indices()[:cfg.eval_sequences] if cfg.eval_every > 0 else []
     if held_ids and start == 0:  # where the curve starts (a head from --init-from is not at zero)
-        with open(metrics_path, "a") as f:
-            f.write(json.dumps(heldout_line(head, target, reader, held_ids, 0, positions)) + "\n")
+        append_metrics(metrics_path, heldout_line(head, target, reader, held_ids, 0, positions))
     t_run = time.time()
     end = cfg.steps if not cfg.max_steps_this_run else min(cfg.steps, start + cfg.max_steps_this_run)
     bar = tqdm(range(start, end), initial=start, total=cfg.steps, desc=f"fit {cfg.head_type}", unit="step")
@@ -235,13 +235,11 @@ def fit(cfg: FitConfig, resume: bool = False) -> pathlib.Path:
         positions += int(res.count_L.sum())
         if (step + 1) % cfg.log_every == 0 or step + 1 == end:
             rec = window.flush(step + 1, lr, elapsed0 + time.time() - t_run)
-            with open(metrics_path, "a") as f:
-                f.write(json.dumps(rec) + "\n")
+            append_metrics(metrics_path, rec)
             bar.set_postfix(loss=f"{rec['loss']:.3f}", agree1=f"{rec['agree'][0]:.2f}",
                             tok_s=f"{rec['tokens_per_s']:.0f}", refresh=False)
         if held_ids and ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps):
-            with open(metrics_path, "a") as f:
-                f.write(json.dumps(heldout_line(head, target, reader, held_ids, step + 1, positions)) + "\n")
+            append_metrics(metrics_path, heldout_line(head, target, reader, held_ids, step + 1, positions))
         if (step + 1) % cfg.ckpt_every == 0 or step + 1 == end:
             _save_state(state_path, step + 1, head, opt, cfg, elapsed0 + time.time() - t_run, positions)
             plot_curves(metrics_path, out / "curve.png", title=f"{cfg.head_type} head")
@@ -276,9 +274,14 @@ def write_training_state(out: pathlib.Path, cfg: FitConfig, elapsed: float, posi
              "trainer": "fit", "config": portable_config(cfg), "final": {"heldout": held[-1]} if held else {},
              "continued_from": {k: prior[k] for k in ("step", "elapsed_s", "supervised_positions", "trainer")
                                 if k in prior} | ({"head": cfg.init_from} if cfg.init_from else {})}
+    return save_head_state(out, state)
+
+
+def save_head_state(out: pathlib.Path, state: dict) -> dict:
+    """Write out/head/training_state.json and copy the run's metrics.jsonl beside it (fit and online)."""
     (out / "head" / TRAINING_STATE).write_text(json.dumps(state, indent=1) + "\n")
-    if metrics.exists():
-        (out / "head" / METRICS_FILE).write_text(metrics.read_text())
+    if (out / METRICS_FILE).exists():
+        shutil.copy(out / METRICS_FILE, out / "head" / METRICS_FILE)
     return state
 
 
@@ -293,7 +296,12 @@ def heldout_line(head: DraftHead, target: TargetParts, reader: Cache, ids: list[
                              tau_chain=round(scores["accept_len"] + 1, 4), sequences=len(ids)))
 
 
-def _truncate_metrics(path: pathlib.Path, step: int) -> None:
+def append_metrics(path: pathlib.Path, rec: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(rec) + "\n")
+
+
+def truncate_metrics(path: pathlib.Path, step: int) -> None:
     """Drop metric lines logged after the checkpoint step (they will be recomputed)."""
     if not path.exists():
         return

@@ -31,7 +31,8 @@ from jetspec_sglang.train.cache import is_held_out
 from jetspec_sglang.train.curves import plot_curves
 from jetspec_sglang.train.heldout import evaluate_heldout
 from jetspec_sglang.train.init_head import copy_target_layers
-from jetspec_sglang.train.loop import TRAINING_STATE, export_head, portable_config
+from jetspec_sglang.train.loop import METRICS_FILE, STATE_FILE, append_metrics, export_head, portable_config, \
+    read_training_state, save_head_state, truncate_metrics
 from jetspec_sglang.train.loss import depth_weights
 from jetspec_sglang.train.online_step import HeadBlocks, online_step
 from jetspec_sglang.train.recipe import HeadRecipe, scheduled_lr
@@ -39,9 +40,6 @@ from jetspec_sglang.train.regenerate import read_responses
 from jetspec_sglang.train.signals import pad_sequences, target_forward
 
 logger = logging.getLogger(__name__)
-
-STATE_FILE = "ckpt/state.pt"
-METRICS_FILE = "metrics.jsonl"
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -104,9 +102,7 @@ def build_head(cfg: OnlineConfig, target, sample: list[dict], device: torch.devi
     """(head in fp32 on device, prior training state {} or the init_from head's training_state.json)."""
     if cfg.init_from:
         head = load_draft_head(cfg.init_from, target_config=target.config, dtype=torch.float32)
-        state_path = pathlib.Path(cfg.init_from) / TRAINING_STATE
-        prior = json.loads(state_path.read_text()) if state_path.exists() else {}
-        return head.to(device), prior
+        return head.to(device), read_training_state(cfg.init_from)
     head_cfg = make_draft_head_config(
         target.config, mask_token_id=cfg.mask_token_id, num_layers=cfg.num_layers, block_size=cfg.block_size,
         causal_head=cfg.head_type == "causal", target_layer_ids=list(cfg.target_layer_ids),
@@ -182,7 +178,7 @@ def train_online(cfg: OnlineConfig, resume: bool = False) -> pathlib.Path:
         opt.load_state_dict(state["optim"])
         start, elapsed0, seen0 = state["step"], state["elapsed_s"], state["supervised_positions"]
         schedule_start = state["schedule_start"]
-        _truncate_metrics(metrics_path, start)
+        truncate_metrics(metrics_path, start)
         logger.info("resumed %s at step %d", out, start)
     end_step = schedule_start + cfg.steps
     if rank == 0:
@@ -221,7 +217,7 @@ def train_online(cfg: OnlineConfig, resume: bool = False) -> pathlib.Path:
             if rank == 0:
                 if eval_batch is not None and (step % cfg.eval_every == 0):
                     rec["heldout"] = _evaluate(head, target, layer_ids, eval_batch)
-                _append(metrics_path, rec)
+                append_metrics(metrics_path, rec)
                 bar.set_postfix(loss=f"{rec['loss']:.3f}", agree1=f"{rec['agree'][0]:.2f}", refresh=False)
         if rank == 0 and step % cfg.ckpt_every == 0:
             _save_state(state_path, step, head, opt, cfg, elapsed0 + time.time() - t_run, seen, schedule_start)
@@ -230,11 +226,11 @@ def train_online(cfg: OnlineConfig, resume: bool = False) -> pathlib.Path:
     if rank == 0:
         if window.steps:
             seen += window.positions() * world
-            _append(metrics_path, window.flush(step, lr, elapsed0 + time.time() - t_run, seen))
+            append_metrics(metrics_path, window.flush(step, lr, elapsed0 + time.time() - t_run, seen))
         final = {"step": step, "supervised_positions": seen}
         if eval_batch is not None:
             final["heldout"] = _evaluate(head, target, layer_ids, eval_batch)
-        _append(metrics_path, final)
+        append_metrics(metrics_path, final)
         _save_state(state_path, step, head, opt, cfg, elapsed0 + time.time() - t_run, seen, schedule_start)
         state = _export(head, out, cfg, step, elapsed0 + time.time() - t_run, seen, len(train), final)
         plot_curves(metrics_path, out / "curve.png", title=f"{cfg.head_type} head (online)")
@@ -251,10 +247,7 @@ def _export(head: DraftHead, out: pathlib.Path, cfg: OnlineConfig, step: int, el
     export_head(head, out / "head")
     state = {"step": step, "elapsed_s": round(elapsed, 1), "supervised_positions": seen, "train_sequences": num_train,
              "config": portable_config(cfg), "final": final}
-    (out / "head" / TRAINING_STATE).write_text(json.dumps(state, indent=1) + "\n")
-    if (out / METRICS_FILE).exists():
-        shutil.copy(out / METRICS_FILE, out / "head" / METRICS_FILE)
-    return state
+    return save_head_state(out, state)
 
 
 def _all_done(done: bool, world: int, device: torch.device) -> bool:
@@ -272,18 +265,6 @@ def _evaluate(head, target, layer_ids, batch) -> dict:
         return evaluate_heldout(head, target, layer_ids, batch)
     finally:
         head.train()
-
-
-def _truncate_metrics(path: pathlib.Path, step: int) -> None:
-    """Drop metric lines logged after the checkpoint step (the resumed run logs them again)."""
-    if path.exists():
-        lines = [x for x in path.read_text().splitlines() if x.strip() and json.loads(x)["step"] <= step]
-        path.write_text("".join(x + "\n" for x in lines))
-
-
-def _append(path: pathlib.Path, rec: dict) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(rec) + "\n")
 
 
 def _save_state(path: pathlib.Path, step: int, head: DraftHead, opt, cfg: OnlineConfig, elapsed: float,
