@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 TREE_ALGOS = ("accum_logp", "top2gap")
 BACKENDS = ("auto", "torch", "triton")
+DRAFT_TOPK_DTYPES = ("auto", "model", "bfloat16")  # draft_topk.py: the dtype the draft rows are projected in
 # Largest tree SGLang's tree helpers accept (build_tree_kernel / reconstruct_indices: draft_token_num <= 1024).
 MAX_BUDGET = 1024
 # A budget ladder is a tuple of (max_running_requests, budget) steps; see `budget_for_batch`.
@@ -35,6 +36,7 @@ class JetSpecConfig:
     budget_auto: bool = True  # JETSPEC_BUDGET=auto (default): per-step budget <= `budget` (budget.py); =N: fixed
     budget_explore: float = 0.02  # auto: at most this fraction of decode time re-measures other budgets
     budget_schedule: tuple[int, ...] = ()  # test mode: budgets cycled step by step, overriding every other rule
+    draft_topk_dtype: str = "auto"  # CPU draft top-K projection: "auto" (bf16 copy if measured faster), "model", "bfloat16"
 
     def __post_init__(self) -> None:
         _check_int("budget", self.budget, 1, MAX_BUDGET, "JETSPEC_BUDGET / --speculative-num-draft-tokens")
@@ -49,6 +51,9 @@ class JetSpecConfig:
                               "set JETSPEC_TOP2GAP_BETA to e.g. 2.0")
         if self.top2gap_gap0 != self.top2gap_gap0:  # NaN
             raise ConfigError("top2gap_gap0=nan must be a number; set JETSPEC_TOP2GAP_GAP0 to e.g. 1.0")
+        if self.draft_topk_dtype not in DRAFT_TOPK_DTYPES:
+            raise ConfigError(f"draft_topk_dtype={self.draft_topk_dtype!r} is not supported; set "
+                              f"JETSPEC_DRAFT_TOPK_DTYPE to one of {DRAFT_TOPK_DTYPES}")
         _check_ladder(self.budget_ladder, self.budget)
         if not (0.0 <= self.budget_explore <= 1.0):
             raise ConfigError(f"budget_explore={self.budget_explore!r} must be in [0, 1]; set JETSPEC_BUDGET_EXPLORE "
@@ -135,6 +140,7 @@ ENV_VARS = {
     "JETSPEC_BUDGET_LADDER": ("budget_ladder", parse_ladder),
     "JETSPEC_BUDGET_EXPLORE": ("budget_explore", float),
     "JETSPEC_BUDGET_SCHEDULE": ("budget_schedule", parse_schedule),
+    "JETSPEC_DRAFT_TOPK_DTYPE": ("draft_topk_dtype", str),
 }
 
 

@@ -14,13 +14,14 @@ import logging
 
 import torch
 from sglang.kernels.ops.speculative.cache_locs import assign_extend_cache_locs_func
-from sglang.srt.layers.logits_processor import LogitsProcessor
+from sglang.srt.layers.logits_processor import LogitsProcessor, should_apply_lm_head_quant_method
 from sglang.srt.layers.logprob_processor import compute_spec_logprobs
 from sglang.srt.lora.layers import unwrap_lora_layer
 from sglang.srt.managers.scheduler import GenerationBatchResult
 from sglang.srt.model_executor.forward_batch_info import CaptureHiddenMode, ForwardBatch, ForwardMode
 from sglang.srt.models.dflash import candidate_topk
-from sglang.srt.runtime_context import get_observability, get_schedule, get_spec
+from sglang.srt.runtime_context import get_observability, get_parallel, get_schedule, get_spec
+from sglang.srt.speculative.dflash_utils import is_dense_head_weight
 from sglang.srt.speculative.dflash_worker_v2 import DFlashWorkerV2, _resolve_dflash_embedding_module
 from sglang.srt.speculative.draft_worker_common import build_block_pos_offsets, make_draft_block_spec_info
 from sglang.srt.speculative.draft_worker_common import make_draft_input_v2
@@ -33,6 +34,7 @@ from sglang.srt.utils import is_cpu
 
 from jetspec_sglang import ops, profiling
 from jetspec_sglang.config import config_from_env
+from jetspec_sglang.draft_topk import DraftProjection
 from jetspec_sglang.glue import hooks, limits
 from jetspec_sglang.glue.budget_feed import BudgetFeed
 from jetspec_sglang.tree import empty_tree, top2gap_fanout_caps
@@ -83,6 +85,10 @@ class JetSpecWorker(DFlashWorkerV2):
         # CPU: the verify attention (glue/cpu_attention.py) reads the compact [bs, N, N] tree mask, so no
         # prefix-wide FULL mask is built every step; GPU backends read SGLang's FULL layout.
         self._compact_verify_mask = on_cpu
+        # CPU: the draft rows are projected through the target's LM head by DraftProjection (a bf16 copy of an
+        # fp32 head where measured faster; lossless, draft_topk.py); GPU: SGLang's candidate_topk kernels.
+        self._draft_projection = (_cpu_draft_projection(self.target_worker.model_runner.model.lm_head, self.depth,
+                                                        self.jetspec.draft_topk_dtype) if on_cpu else None)
         self._prof = profiling.active()  # None unless JETSPEC_PROFILE is set (bench/bench_round.py)
         if self._prof is not None and str(self.device).startswith("cuda"):
             self._prof.sync = torch.cuda.synchronize
@@ -94,6 +100,8 @@ class JetSpecWorker(DFlashWorkerV2):
                     "N rows" if self._short_blocks else "the full block", self.jetspec.width,
                     self.jetspec.tree_algo, self.jetspec.budget_ladder or "off", self.jetspec.backend,
                     type(self.draft_model).__name__)
+        if self._draft_projection is not None:
+            logger.info("JETSPEC draft top-K projection: %s", self._draft_projection.reason)
 
     def prewarm_sampling(self):
         # DFLASH's rehearsal is B-shaped for its own sampler; JETSPEC samples through eagle_sample.
@@ -215,10 +223,14 @@ class JetSpecWorker(DFlashWorkerV2):
             if prof:
                 prof.lap("draft_forward")
             hidden_TM = hidden.view(bs, B, -1)[:, 1:].reshape(bs * (B - 1), -1)
-            ids_TK, values_TK, lse_T = candidate_topk(hidden_TM, lm_head, fast_topk_width(K, hidden_TM.is_cuda),
-                                                      with_partition=True)
-            ids_TK, values_TK = ids_TK[:, :K], values_TK[:, :K]  # sorted descending: the first K are the top-K
-        logprobs_BLK = (values_TK.float() - lse_T.float()[:, None]).view(bs, B - 1, K)
+            if self._draft_projection is not None:
+                logprobs_TK, ids_TK = self._draft_projection(hidden_TM, K)
+            else:
+                ids_TK, values_TK, lse_T = candidate_topk(hidden_TM, lm_head, fast_topk_width(K, hidden_TM.is_cuda),
+                                                          with_partition=True)
+                ids_TK, values_TK = ids_TK[:, :K], values_TK[:, :K]  # sorted descending: the first K are the top-K
+                logprobs_TK = values_TK.float() - lse_T.float()[:, None]
+        logprobs_BLK = logprobs_TK.view(bs, B - 1, K)
         if prof:
             prof.lap("topk")
         return logprobs_BLK, ids_TK.view(bs, B - 1, K)
@@ -333,6 +345,18 @@ class _DropDflashSizingLogs(logging.Filter):
 
 
 _DFLASH_SIZING_LOGS = _DropDflashSizingLogs()
+
+
+def _cpu_draft_projection(lm_head, depth: int, mode: str) -> DraftProjection | None:
+    """The CPU draft top-K's projection over the target's original vocabulary (padding rows cut), or None where
+    SGLang's candidate_topk must run: a quantized or vocabulary-sharded (TP > 1) LM head (the same screen as
+    candidate_topk's)."""
+    head = unwrap_lora_layer(lm_head)
+    weight = getattr(head, "weight", None)
+    if should_apply_lm_head_quant_method(head, getattr(head, "quant_method", None)) \
+            or not is_dense_head_weight(weight) or get_parallel().tp_size != 1:
+        return None
+    return DraftProjection.build(weight.detach()[:int(head.org_vocab_size)], mode, rows=depth)
 
 
 def fast_topk_width(width: int, on_cuda: bool) -> int:

@@ -1,0 +1,71 @@
+"""The draft's per-depth top-K: the target's LM head over the draft rows, projected in bf16 where that is faster.
+
+The draft top-K only shapes the tree; acceptance compares draft tokens with the target's own verify logits
+(verify.py: greedy walk and sample-and-match, neither reads draft probabilities), so projecting the draft rows
+through a bf16 copy of an fp32 target's LM head is lossless: it can change which nodes the tree holds, never which
+tokens are emitted. On a CPU with bf16 matmul units the [L, M] x [M, V] product is ~4x cheaper in bf16.
+Pure torch; the SGLang worker (glue/worker.py) owns one `DraftProjection` per server.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from jetspec_sglang.config import DRAFT_TOPK_DTYPES
+
+PROBE_REPEATS = 3
+
+
+def topk_logprobs(hidden_TM: torch.Tensor, weight_VM: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k of log_softmax(hidden_TM @ weight_VM.T) per row: (logprobs_TK fp32, ids_TK int64), sorted descending.
+
+    The softmax normaliser is taken over the whole vocabulary in fp32 whatever the projection dtype.
+    """
+    logits_TV = torch.matmul(hidden_TM.to(weight_VM.dtype), weight_VM.T)
+    values_TK, ids_TK = torch.topk(logits_TV, k, dim=-1)  # sorted descending
+    rowmax_T1 = values_TK[:, :1].float()
+    lse_T1 = rowmax_T1 + (logits_TV.float() - rowmax_T1).exp().sum(dim=-1, keepdim=True).log()
+    return values_TK.float() - lse_T1, ids_TK.long()
+
+
+@dataclass(frozen=True)
+class DraftProjection:
+    """The LM-head weight the draft rows are projected through, and why it was chosen."""
+
+    weight_VM: torch.Tensor  # [V, M]; the target's weight, or its bf16 copy
+    reason: str  # for the start-up log, e.g. "bfloat16 copy: 4.1 ms vs 17.9 ms per [7 x 576] projection"
+
+    @classmethod
+    def build(cls, weight_VM: torch.Tensor, mode: str, rows: int) -> "DraftProjection":
+        """`mode`: "model" keeps the target's weight; "bfloat16" uses a bf16 copy when the weight is wider;
+        "auto" times both on `rows` draft rows (PROBE_REPEATS each, best taken) and keeps the faster.
+        A bf16 weight is always kept as it is (no copy)."""
+        if mode not in DRAFT_TOPK_DTYPES:
+            raise ValueError(f"draft top-K dtype {mode!r} is not one of {DRAFT_TOPK_DTYPES}; fix "
+                             "JETSPEC_DRAFT_TOPK_DTYPE")
+        if mode == "model" or weight_VM.dtype in (torch.bfloat16, torch.float16):
+            return cls(weight_VM, f"{weight_VM.dtype} (the target's LM head, mode {mode})")
+        copy_VM = weight_VM.to(torch.bfloat16).contiguous()
+        if mode == "bfloat16":
+            return cls(copy_VM, f"bfloat16 copy of the {weight_VM.dtype} LM head (forced)")
+        hidden_TM = torch.randn(rows, weight_VM.shape[1], dtype=weight_VM.dtype, device=weight_VM.device)
+        own_ms, copy_ms = _best_ms(hidden_TM, weight_VM), _best_ms(hidden_TM, copy_VM)
+        shape = f"[{rows} x {weight_VM.shape[1]}] x [{weight_VM.shape[1]} x {weight_VM.shape[0]}]"
+        if copy_ms < own_ms:
+            return cls(copy_VM, f"bfloat16 copy: {copy_ms:.1f} ms vs {own_ms:.1f} ms ({weight_VM.dtype}) per {shape}")
+        return cls(weight_VM, f"{weight_VM.dtype}: {own_ms:.1f} ms vs {copy_ms:.1f} ms (bfloat16 copy) per {shape}")
+
+    def __call__(self, hidden_TM: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return topk_logprobs(hidden_TM, self.weight_VM, k)
+
+
+def _best_ms(hidden_TM: torch.Tensor, weight_VM: torch.Tensor) -> float:
+    torch.matmul(hidden_TM.to(weight_VM.dtype), weight_VM.T)  # first call: allocation and kernel selection
+    best = float("inf")
+    for _ in range(PROBE_REPEATS):
+        start = time.perf_counter()
+        torch.matmul(hidden_TM.to(weight_VM.dtype), weight_VM.T)
+        best = min(best, time.perf_counter() - start)
+    return best * 1e3
