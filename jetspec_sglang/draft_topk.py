@@ -3,7 +3,8 @@
 The draft top-K only shapes the tree; acceptance compares draft tokens with the target's own verify logits
 (verify.py: greedy walk and sample-and-match, neither reads draft probabilities), so projecting the draft rows
 through a bf16 copy of an fp32 target's LM head is lossless: it can change which nodes the tree holds, never which
-tokens are emitted. On a CPU with bf16 matmul units the [L, M] x [M, V] product is ~4x cheaper in bf16.
+tokens are emitted. On this project's AVX-512 bf16 CPU the SmolLM2 [L, 576] x [576, 49152] product with its top-K
+and normaliser took 7.0 vs 17.9 ms (L = 7) and 9.2 vs 31.9 ms (L = 15) in bf16 vs fp32.
 Pure torch; the SGLang worker (glue/worker.py) owns one `DraftProjection` per server.
 """
 from __future__ import annotations
@@ -21,7 +22,7 @@ PROBE_REPEATS = 3
 def topk_logprobs(hidden_TM: torch.Tensor, weight_VM: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-k of log_softmax(hidden_TM @ weight_VM.T) per row: (logprobs_TK fp32, ids_TK int64), sorted descending.
 
-    The softmax normaliser is taken over the whole vocabulary in fp32 whatever the projection dtype.
+    The softmax normaliser covers the whole vocabulary: exp in the projection dtype, summed and logged in fp32.
     """
     logits_TV = torch.matmul(hidden_TM.to(weight_VM.dtype), weight_VM.T)
     values_TK, ids_TK = torch.topk(logits_TV, k, dim=-1)  # sorted descending
@@ -36,7 +37,7 @@ class DraftProjection:
     """The LM-head weight the draft rows are projected through, and why it was chosen."""
 
     weight_VM: torch.Tensor  # [V, M]; the target's weight, or its bf16 copy
-    reason: str  # for the start-up log, e.g. "bfloat16 copy: 4.1 ms vs 17.9 ms per [7 x 576] projection"
+    reason: str  # for the start-up log, e.g. "bfloat16 copy: 2.1 ms vs 9.0 ms (torch.float32) per [7 x 576] x [576 x 49152]"
 
     @classmethod
     def build(cls, weight_VM: torch.Tensor, mode: str, rows: int) -> "DraftProjection":
