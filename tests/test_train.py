@@ -390,6 +390,34 @@ def test_fit_starts_from_a_head_folder_and_checks_its_taps(tiny_run):
         build_head(fit_config(tiny_run, "third", init_from=str(first), target_layer_ids=(0,)), target, reader)
 
 
+def test_a_grown_head_computes_what_its_source_did_and_then_trains_every_layer(tiny_run):
+    """--grow-layers appends identity layers: step 0 of the grown head gives the source head's hidden states
+    exactly (so the curve continues, not restarts); after a fit every new weight has moved and the exported head
+    has the extra layers in config.json."""
+    fit(fit_config(tiny_run, "first", steps=2))
+    first = tiny_run["tmp"] / "first" / "head"
+    reader = CacheReader(tiny_run["cache_dir"])
+    target = load_target_parts(str(tiny_run["model_dir"]))
+    source = build_head(fit_config(tiny_run, "a", init_from=str(first)), target, reader).double()
+    grown = build_head(fit_config(tiny_run, "b", init_from=str(first), grow_layers=2), target, reader).double()
+    assert len(grown.layers) == len(source.layers) + 2
+    cfg = fit_config(tiny_run, "unused")
+    batch = batch_for_step(cfg, reader, reader.train_indices(), step=1)
+    with torch.no_grad():
+        embeds_BRM = target.embed_tokens(batch.block_ids_BR).double()
+        outs = [h.forward_blocks(h.project_context(batch.taps_BSF.double()), embeds_BRM, batch.positions_BR,
+                                 batch.allowed_B1RK) for h in (source, grown)]
+    torch.testing.assert_close(outs[1], outs[0], **F64)
+    fit(fit_config(tiny_run, "grown", steps=4, init_from=str(first), grow_layers=1))
+    config, tensors = read_checkpoint(tiny_run["tmp"] / "grown" / "head")
+    assert config.num_hidden_layers == len(source.layers) + 1
+    new = len(source.layers)
+    assert tensors[f"layers.{new}.self_attn.o_proj.weight"].abs().sum() > 0  # was zero, has learned
+    assert tensors[f"layers.{new}.mlp.down_proj.weight"].abs().sum() > 0
+    with pytest.raises(ValueError, match="--grow-layers 1: needs --init-from"):
+        fit_config(tiny_run, "c", grow_layers=1)
+
+
 def test_a_fit_continued_from_a_head_continues_its_curve(tiny_run):
     """fit exports training_state.json + metrics.jsonl beside the head; `--init-from` that head (a fresh clone has
     nothing else) counts supervised positions on from where the first run ended."""

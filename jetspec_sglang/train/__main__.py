@@ -265,6 +265,34 @@ def _run_natural(a) -> None:
     print(json.dumps({"out": a.out, "datasets": summary}))  # the CLI's result, for shell pipelines
 
 
+def _add_curves(sub) -> None:
+    p = sub.add_parser("curves", help="several runs' held-out curves side by side (table + PNG)")
+    p.add_argument("--run", action="append", required=True, metavar="NAME=METRICS",
+                   help="a run's metrics.jsonl (or its run/head folder); repeat per run")
+    p.add_argument("--png", default=None, help="also draw the curves here")
+    p.add_argument("--out", default=None, help="also write the markdown table here")
+
+
+def _run_curves(a) -> None:
+    from jetspec_sglang.train.curves import compare_runs, runs_table
+    from jetspec_sglang.train.loop import METRICS_FILE
+
+    runs = {}
+    for item in a.run:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise SystemExit(f"--run {item!r}: write NAME=PATH (a metrics.jsonl or the folder holding one)")
+        p = pathlib.Path(path)
+        runs[name] = p / METRICS_FILE if p.is_dir() else p
+    try:
+        table = runs_table(compare_runs(runs, a.png))
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
+    if a.out:
+        pathlib.Path(a.out).write_text(table)
+    print(table, end="")  # the CLI's result
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m jetspec_sglang.train", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -277,12 +305,13 @@ def main(argv: list[str] | None = None) -> int:
     _add_online(sub)
     _add_score(sub)
     _add_natural(sub)
+    _add_curves(sub)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     {"regenerate": _run_regenerate, "cache": _run_cache, "fit": _run_fit, "eval": _run_eval, "prompts": _run_prompts,
      "generate": _run_generate, "online": _run_online, "score": _run_score,
-     "natural": _run_natural}[args.command](args)
+     "natural": _run_natural, "curves": _run_curves}[args.command](args)
     return 0
 
 

@@ -67,3 +67,72 @@ def plot_curves(metrics_path: str | pathlib.Path, png_path: str | pathlib.Path, 
     fig.savefig(tmp, dpi=110)
     plt.close(fig)
     tmp.replace(png_path)
+
+
+def heldout_points(metrics_path: str | pathlib.Path) -> list[dict]:
+    """The held-out lines of a metrics.jsonl as {step, supervised_positions, agree (per depth), kl_mean,
+    tau_chain}, in file order; a line written without a count takes the last count seen before it."""
+    seen, out = 0, []
+    for r in read_metrics(metrics_path):
+        seen = r.get("supervised_positions", seen)
+        if "heldout" in r:
+            h = r["heldout"]
+            out.append({"step": r.get("step"), "supervised_positions": seen, "agree": list(h["agree"]),
+                        "kl_mean": h["kl_mean"], "tau_chain": h.get("tau_chain")})
+    return out
+
+
+def compare_runs(runs: dict[str, str | pathlib.Path], png_path: str | pathlib.Path | None = None) -> list[dict]:
+    """Several runs' held-out curves side by side: one row per run (its first and last held-out point, the best
+    depth-1 agreement seen) and, when png_path is given, held-out depth-1/2 agreement and KL against supervised
+    positions (runs continued from one head share its x axis). Raises if a run has no held-out line."""
+    rows, curves = [], {}
+    for name, path in runs.items():
+        pts = heldout_points(path)
+        if not pts:
+            raise ValueError(f"--run {name}={path}: no held-out lines (was the run made with --eval-every 0?)")
+        curves[name] = pts
+        first, last = pts[0], pts[-1]
+        rows.append({"run": name, "points": len(pts), "positions_first": first["supervised_positions"],
+                     "positions_last": last["supervised_positions"], "agree1_first": first["agree"][0],
+                     "agree1_last": last["agree"][0], "agree1_best": max(p["agree"][0] for p in pts),
+                     "agree2_last": last["agree"][1] if len(last["agree"]) > 1 else None,
+                     "kl_first": first["kl_mean"], "kl_last": last["kl_mean"], "tau_chain_last": last["tau_chain"]})
+    if png_path is not None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, (ax_a, ax_kl) = plt.subplots(1, 2, figsize=(12, 4))
+        for name, pts in curves.items():
+            x = [p["supervised_positions"] / 1e6 for p in pts]
+            line, = ax_a.plot(x, [p["agree"][0] for p in pts], "o-", lw=1, label=f"{name} depth 1")
+            if len(pts[0]["agree"]) > 1:
+                ax_a.plot(x, [p["agree"][1] for p in pts], "s--", lw=1, color=line.get_color(),
+                          label=f"{name} depth 2")
+            ax_kl.plot(x, [p["kl_mean"] for p in pts], "o-", lw=1, label=name)
+        ax_a.set(xlabel="supervised positions (M)", ylabel="held-out greedy agreement", title="held-out agreement")
+        ax_kl.set(xlabel="supervised positions (M)", ylabel="KL (nats / slot, mean over depths)",
+                  title="held-out KL")
+        for ax in (ax_a, ax_kl):
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+        fig.tight_layout()
+        png_path = pathlib.Path(png_path)
+        fig.savefig(png_path, dpi=110)
+        plt.close(fig)
+    return rows
+
+
+def runs_table(rows: list[dict]) -> str:
+    """compare_runs' rows as a markdown table."""
+    lines = ["| run | held-out points | positions (M) | depth-1 agreement first -> last (best) | depth-2 last | "
+             "KL first -> last | chain tau last |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        d2 = "-" if r["agree2_last"] is None else f"{r['agree2_last']:.3f}"
+        tau = "-" if r["tau_chain_last"] is None else f"{r['tau_chain_last']:.2f}"
+        lines.append(f"| {r['run']} | {r['points']} | {r['positions_first'] / 1e6:.1f} -> "
+                     f"{r['positions_last'] / 1e6:.1f} | {r['agree1_first']:.3f} -> {r['agree1_last']:.3f} "
+                     f"({r['agree1_best']:.3f}) | {d2} | {r['kl_first']:.3f} -> {r['kl_last']:.3f} | {tau} |")
+    return "\n".join(lines) + "\n"

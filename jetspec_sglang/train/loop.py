@@ -25,7 +25,7 @@ from jetspec_sglang.taps import decoder_layers
 from jetspec_sglang.train.blocks import make_batch, sample_anchors
 from jetspec_sglang.train.cache import Cache, open_cache
 from jetspec_sglang.train.curves import plot_curves
-from jetspec_sglang.train.init_head import copy_target_layers
+from jetspec_sglang.train.init_head import copy_target_layers, grow_head
 from jetspec_sglang.train.loss import SampledVocab, depth_weights
 from jetspec_sglang.train.recipe import HeadRecipe, scheduled_lr
 from jetspec_sglang.train.step import distill_step
@@ -138,8 +138,9 @@ def build_head(cfg: FitConfig, target: TargetParts, reader: Cache) -> DraftHead:
         if list(wants) != feeds:
             raise ValueError(f"--init-from {cfg.init_from} reads target layers {wants} but this fit feeds {feeds}; "
                              f"pass --target-layer-ids {','.join(map(str, wants))} (the cache must hold them)")
-        logger.info("head initialised from %s", cfg.init_from)
-        return head
+        logger.info("head initialised from %s%s", cfg.init_from,
+                    f" + {cfg.grow_layers} identity layer(s)" if cfg.grow_layers else "")
+        return grow_head(head, cfg.grow_layers)
     head = init_draft_head(head_cfg, seed=cfg.seed)
     if cfg.init == "target-layers":
         ids = reader.train_indices()[:8]
@@ -171,7 +172,7 @@ def export_head(head: DraftHead, path: str | pathlib.Path) -> None:
 
 
 # settings added after runs were checkpointed: the value that reproduces what those runs did
-_BEFORE_FIELD = {"exact_vocab": 0, "tail_samples": 1024, "init_from": ""}
+_BEFORE_FIELD = {"exact_vocab": 0, "tail_samples": 1024, "init_from": "", "grow_layers": 0}
 
 
 def _comparable(cfg: dict) -> dict:

@@ -30,7 +30,7 @@ from jetspec_sglang.taps import decoder_layers
 from jetspec_sglang.train.cache import is_held_out
 from jetspec_sglang.train.curves import plot_curves
 from jetspec_sglang.train.heldout import evaluate_heldout
-from jetspec_sglang.train.init_head import copy_target_layers
+from jetspec_sglang.train.init_head import copy_target_layers, grow_head
 from jetspec_sglang.train.loop import METRICS_FILE, STATE_FILE, append_metrics, export_head, portable_config, \
     read_training_state, save_head_state, truncate_metrics
 from jetspec_sglang.train.loss import depth_weights
@@ -102,7 +102,7 @@ def build_head(cfg: OnlineConfig, target, sample: list[dict], device: torch.devi
     """(head in fp32 on device, prior training state {} or the init_from head's training_state.json)."""
     if cfg.init_from:
         head = load_draft_head(cfg.init_from, target_config=target.config, dtype=torch.float32)
-        return head.to(device), read_training_state(cfg.init_from)
+        return grow_head(head, cfg.grow_layers).to(device), read_training_state(cfg.init_from)
     head_cfg = make_draft_head_config(
         target.config, mask_token_id=cfg.mask_token_id, num_layers=cfg.num_layers, block_size=cfg.block_size,
         causal_head=cfg.head_type == "causal", target_layer_ids=list(cfg.target_layer_ids),

@@ -31,12 +31,16 @@ class HeadRecipe:
     init: str = "target-layers"  # "target-layers" (init_head.py) | "random" (init_draft_head)
     init_from: str = ""  # a head folder to start from (its geometry wins, `init` is unused; online: its
     # training_state.json continues the step count)
+    grow_layers: int = 0  # with init_from: append this many decoder layers that start as the identity
+    # (init_head.grow_head), so the grown head computes exactly what the init_from head did at step 0
 
     def __post_init__(self) -> None:
         if self.head_type not in ("causal", "bidirectional"):
             raise ValueError(f"--head-type {self.head_type!r}: choose causal or bidirectional")
         if self.init not in ("target-layers", "random"):
             raise ValueError(f"--init {self.init!r}: choose target-layers or random")
+        if self.grow_layers < 0 or (self.grow_layers and not self.init_from):
+            raise ValueError(f"--grow-layers {self.grow_layers}: needs --init-from (the head to grow) and a count >= 0")
         if self.steps <= 0 or self.seqs_per_step <= 0 or self.anchors_per_seq <= 0:
             raise ValueError(f"--steps {self.steps} / --seqs-per-step {self.seqs_per_step} / --anchors-per-seq "
                              f"{self.anchors_per_seq} must be positive")
