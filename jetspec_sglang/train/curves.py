@@ -26,11 +26,7 @@ def plot_curves(metrics_path: str | pathlib.Path, png_path: str | pathlib.Path, 
     if not recs:
         return
     steps = [r["step"] for r in recs]
-    seen, held = 0, []
-    for r in read_metrics(metrics_path):
-        seen = r.get("supervised_positions", seen)
-        if "heldout" in r:
-            held.append({**r, "supervised_positions": seen})
+    held = heldout_points(metrics_path)
     fig, axes = plt.subplots(1, 3 if held else 2, figsize=(16 if held else 11, 4))
     ax_loss, ax_agree = axes[0], axes[1]
     ax_loss.plot(steps, [r["loss"] for r in recs], lw=1)
@@ -45,15 +41,12 @@ def plot_curves(metrics_path: str | pathlib.Path, png_path: str | pathlib.Path, 
     ax_agree.legend(fontsize=8)
     if held:  # online runs: held-out scores against supervised positions seen (the learning curve)
         ax_held = axes[2]
-        x, last = [], 0
-        for r in held:  # a final held-out line written without the count reuses the last count seen
-            last = r.get("supervised_positions", last)
-            x.append(last)
-        ax_held.plot(x, [r["heldout"]["agree"][0] for r in held], "o-", lw=1, label="held-out agreement d1")
+        x = [p["supervised_positions"] for p in held]
+        ax_held.plot(x, [p["agree"][0] for p in held], "o-", lw=1, label="held-out agreement d1")
         ax_tau = ax_held.twinx()
-        for n in held[-1]["heldout"]["tau"]:
-            ax_tau.plot(x, [r["heldout"]["tau"].get(n, float("nan")) for r in held], "--", lw=1, label=f"tau@{n}")
-        ax_tau.plot(x, [r["heldout"]["tau_chain"] for r in held], ":", lw=1, label="tau chain")
+        for n in held[-1]["tau"]:
+            ax_tau.plot(x, [p["tau"].get(n, float("nan")) for p in held], "--", lw=1, label=f"tau@{n}")
+        ax_tau.plot(x, [p["tau_chain"] for p in held], ":", lw=1, label="tau chain")
         ax_held.set(xlabel="supervised positions seen", ylabel="depth-1 agreement", ylim=(0, 1),
                     xscale="log" if min(x) > 0 else "linear",  # a fit's curve starts at 0 positions
                     title="held-out (greedy sequences)")
@@ -61,6 +54,13 @@ def plot_curves(metrics_path: str | pathlib.Path, png_path: str | pathlib.Path, 
         ax_held.grid(alpha=0.3)
         ax_held.legend(loc="upper left", fontsize=8)
         ax_tau.legend(loc="lower right", fontsize=8)
+    _save(fig, png_path)
+
+
+def _save(fig, png_path: str | pathlib.Path) -> None:
+    """Write the figure through a temporary file (a reader never sees half a PNG) and close it."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     png_path = pathlib.Path(png_path)
     tmp = png_path.with_name(png_path.stem + ".tmp.png")
@@ -70,15 +70,13 @@ def plot_curves(metrics_path: str | pathlib.Path, png_path: str | pathlib.Path, 
 
 
 def heldout_points(metrics_path: str | pathlib.Path) -> list[dict]:
-    """The held-out lines of a metrics.jsonl as {step, supervised_positions, agree (per depth), kl_mean,
-    tau_chain}, in file order; a line written without a count takes the last count seen before it."""
+    """The held-out lines of a metrics.jsonl as {step, supervised_positions} + the line's held-out scores (agree per
+    depth, kl_mean, tau, tau_chain), in file order; a line written without a count takes the last count seen."""
     seen, out = 0, []
     for r in read_metrics(metrics_path):
         seen = r.get("supervised_positions", seen)
         if "heldout" in r:
-            h = r["heldout"]
-            out.append({"step": r.get("step"), "supervised_positions": seen, "agree": list(h["agree"]),
-                        "kl_mean": h["kl_mean"], "tau_chain": h.get("tau_chain")})
+            out.append({"step": r.get("step"), "supervised_positions": seen, **r["heldout"]})
     return out
 
 
@@ -97,7 +95,7 @@ def compare_runs(runs: dict[str, str | pathlib.Path], png_path: str | pathlib.Pa
                      "positions_last": last["supervised_positions"], "agree1_first": first["agree"][0],
                      "agree1_last": last["agree"][0], "agree1_best": max(p["agree"][0] for p in pts),
                      "agree2_last": last["agree"][1] if len(last["agree"]) > 1 else None,
-                     "kl_first": first["kl_mean"], "kl_last": last["kl_mean"], "tau_chain_last": last["tau_chain"]})
+                     "kl_first": first["kl_mean"], "kl_last": last["kl_mean"], "tau_chain_last": last.get("tau_chain")})
     if png_path is not None:
         import matplotlib
 
@@ -118,10 +116,7 @@ def compare_runs(runs: dict[str, str | pathlib.Path], png_path: str | pathlib.Pa
         for ax in (ax_a, ax_kl):
             ax.grid(alpha=0.3)
             ax.legend(fontsize=8)
-        fig.tight_layout()
-        png_path = pathlib.Path(png_path)
-        fig.savefig(png_path, dpi=110)
-        plt.close(fig)
+        _save(fig, png_path)
     return rows
 
 
