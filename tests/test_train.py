@@ -2,6 +2,7 @@
 round-trip, block/teacher alignment, the training mask against a per-block forward, training reduces the loss,
 resume continues bit-exactly, and the exported head loads with load_draft_head. Tiny random targets built here."""
 import json
+import math
 
 import numpy as np
 import pytest
@@ -17,7 +18,8 @@ from jetspec_sglang.train.cache import CacheConfig, CacheReader, build_cache, op
 from jetspec_sglang.train.decode import Request, decode_stream
 from jetspec_sglang.train.init_head import copy_target_layers
 from jetspec_sglang.train.loop import FitConfig, batch_for_step, build_head, fit, load_target_parts
-from jetspec_sglang.train.loss import SampledVocab, depth_weights, forward_kl_fused, forward_kl_ref
+from jetspec_sglang.train.loss import (SampledVocab, depth_weights, forward_kl_fused, forward_kl_ref,
+                                      mix_hard_label)
 
 F32, F64, BF16 = tol(torch.float32), tol(torch.float64), tol(torch.bfloat16)
 VOCAB, MASK_ID, EOS = 96, 3, 2
@@ -168,6 +170,31 @@ def test_sampled_vocab_estimate_centres_on_the_full_loss():
     cos = torch.nn.functional.cosine_similarity(grad_mean.flatten(), grad_full.flatten(), dim=0)
     assert cos > 0.995, cos
     assert torch.stack([d[0] for d in draws]).std(0).max() > 0  # the draws do differ
+
+
+def test_hard_mix_teacher_moves_mass_to_the_argmax():
+    torch.testing.assert_close(mix_hard_label(torch.tensor([[0.6, 0.4]]).log(), 0.5).exp(), torch.tensor([[0.8, 0.2]]))
+    logp, ids, rest = teacher_topk(torch.randn(6, 30, dtype=torch.float64) * 2, 5)
+    mixed = mix_hard_label(logp.double(), 0.3)
+    mass = mixed.exp().sum(-1) + (rest.double() + math.log1p(-0.3)).exp()
+    torch.testing.assert_close(mass, torch.ones(6, dtype=torch.float64), **F32)  # still a distribution with the rest
+    assert torch.equal(mixed.argmax(-1), logp.argmax(-1))
+    assert torch.equal(mix_hard_label(logp.double(), 0.0), logp.double())
+
+
+def test_hard_mix_gradient_is_kl_plus_cross_entropy_on_the_argmax():
+    """KL(mix || q) has the gradient of (1 - lam) KL(p || q) + lam CE(argmax p, q) (loss.mix_hard_label), on the
+    top-K + rest format the fit uses."""
+    lam, n, v = 0.4, 7, 25
+    logits = torch.randn(n, v, dtype=torch.float64, requires_grad=True)
+    logp, ids, rest = teacher_topk(torch.randn(n, v, dtype=torch.float64) * 2, 6)
+    logp, ids, rest = logp.double(), ids.long(), rest.double()
+    forward_kl_ref(logits, mix_hard_label(logp, lam), ids, rest + math.log1p(-lam)).sum().backward()
+    got, logits.grad = logits.grad.clone(), None
+    kl = forward_kl_ref(logits, logp, ids, rest)
+    ce = torch.nn.functional.cross_entropy(logits, ids[:, 0], reduction="none")
+    ((1 - lam) * kl + lam * ce).sum().backward()
+    torch.testing.assert_close(got, logits.grad, **F64)
 
 
 def test_depth_weights():
@@ -418,6 +445,19 @@ def test_a_grown_head_computes_what_its_source_did_and_then_trains_every_layer(t
         fit_config(tiny_run, "c", grow_layers=1)
 
 
+def test_a_head_continued_as_another_head_type_is_exported_as_that_type(tiny_run):
+    """fit --init-from a causal head with --head-type bidirectional trains with bidirectional block masks, so the
+    exported config must say bidirectional (it said causal: SGLang would then serve it with the wrong mask)."""
+    fit(fit_config(tiny_run, "first", steps=2))
+    first = tiny_run["tmp"] / "first" / "head"
+    assert read_checkpoint(first)[0].causal_head
+    fit(fit_config(tiny_run, "bidi", steps=2, init_from=str(first), head_type="bidirectional"))
+    config, tensors = read_checkpoint(tiny_run["tmp"] / "bidi" / "head")
+    assert not config.causal_head and config.num_hidden_layers == 1
+    fit(fit_config(tiny_run, "same", steps=2, init_from=str(first)))
+    assert read_checkpoint(tiny_run["tmp"] / "same" / "head")[0].causal_head
+
+
 def test_a_fit_continued_from_a_head_continues_its_curve(tiny_run):
     """fit exports training_state.json + metrics.jsonl beside the head; `--init-from` that head (a fresh clone has
     nothing else) counts supervised positions on from where the first run ended."""
@@ -435,6 +475,18 @@ def test_a_fit_continued_from_a_head_continues_its_curve(tiny_run):
     second = json.loads((tiny_run["tmp"] / "second" / "head" / "training_state.json").read_text())
     assert second["supervised_positions"] == 2 * state["supervised_positions"]  # same batches, same count
     assert second["continued_from"]["supervised_positions"] == state["supervised_positions"]
+
+
+def test_fit_with_a_hard_mix_trains(tiny_run):
+    """--hard-mix trains (the loss to the mixed teacher falls, and so does the held-out KL to the target itself) and
+    is refused outside [0, 1)."""
+    fit(fit_config(tiny_run, "hard", steps=30, log_every=5, ckpt_every=30, norm_init=1.0, hard_mix=0.5))
+    lines = [json.loads(line) for line in (tiny_run["tmp"] / "hard" / "metrics.jsonl").read_text().splitlines()]
+    metrics, held = [r for r in lines if "loss" in r], [r["heldout"] for r in lines if "heldout" in r]
+    assert metrics[-1]["loss"] < 0.7 * metrics[0]["loss"]
+    assert held[-1]["kl_mean"] < held[0]["kl_mean"]
+    with pytest.raises(ValueError, match="--hard-mix 1.0: must be in"):
+        fit_config(tiny_run, "bad", hard_mix=1.0)
 
 
 def test_fit_with_a_sampled_vocabulary_reduces_the_loss(tiny_run):

@@ -14,6 +14,7 @@ Only the weights change: the head keeps the official architecture and checkpoint
 from __future__ import annotations
 
 import dataclasses
+import logging
 
 import torch
 from torch import nn
@@ -22,6 +23,8 @@ from jetspec_sglang.draft_head import DraftHead
 
 COPIED = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj",
           "mlp.up_proj", "mlp.down_proj", "input_layernorm", "post_attention_layernorm")
+
+logger = logging.getLogger(__name__)
 
 
 def copy_target_layers(head: DraftHead, target_layers: nn.ModuleList, final_norm_weight_M: torch.Tensor,
@@ -63,18 +66,24 @@ def copy_target_layers(head: DraftHead, target_layers: nn.ModuleList, final_norm
     return src
 
 
-def grow_head(head: DraftHead, extra: int) -> DraftHead:
+def grow_head(head: DraftHead, extra: int, causal: bool | None = None) -> DraftHead:
     """A copy of `head` (fp32) with `extra` decoder layers appended after its last one, each starting as the
     identity on the residual stream: a copy of the last layer (its norms and q/k/v/gate/up projections read the
     stream that layer was trained on) with o_proj and down_proj zeroed. At step 0 the grown head's logits equal
     the original's exactly; the zeroed projections get gradient at once (their inputs are not zero), the copied
     ones from the next step. Why grow instead of training a deeper head from scratch: the CPU curve of a 2-layer
     head took ~30 M supervised positions to plateau; growing keeps that and adds capacity on top.
+    `causal` given and different from the head's: the copy has that in-block attention (a causal head fine-tuned
+    as bidirectional, or the reverse, starts from its weights; its exported config says what it was trained as).
     """
-    if extra <= 0:
-        return head
     cfg = head.config
-    grown = DraftHead(dataclasses.replace(cfg, num_hidden_layers=cfg.num_hidden_layers + extra))
+    causal = cfg.causal_head if causal is None else causal
+    if extra <= 0 and causal == cfg.causal_head:
+        return head
+    if causal != cfg.causal_head:
+        logger.warning("the %s head is trained on as a %s one (--head-type %s keeps it as it was)",
+                       _kind(cfg.causal_head), _kind(causal), "causal" if cfg.causal_head else "bidirectional")
+    grown = DraftHead(dataclasses.replace(cfg, num_hidden_layers=cfg.num_hidden_layers + extra, causal_head=causal))
     state = {k: v.detach().float().clone() for k, v in head.state_dict().items()}
     last = cfg.num_hidden_layers - 1
     for i in range(cfg.num_hidden_layers, cfg.num_hidden_layers + extra):
@@ -85,3 +94,7 @@ def grow_head(head: DraftHead, extra: int) -> DraftHead:
                 state[new] = torch.zeros_like(v) if zero else v.clone()
     grown.load_state_dict(state, strict=True)
     return grown.float().train(head.training)
+
+
+def _kind(causal: bool) -> str:
+    return "block-causal" if causal else "bidirectional"

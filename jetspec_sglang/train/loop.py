@@ -140,7 +140,7 @@ def build_head(cfg: FitConfig, target: TargetParts, reader: Cache) -> DraftHead:
                              f"pass --target-layer-ids {','.join(map(str, wants))} (the cache must hold them)")
         logger.info("head initialised from %s%s", cfg.init_from,
                     f" + {cfg.grow_layers} identity layer(s)" if cfg.grow_layers else "")
-        return grow_head(head, cfg.grow_layers)
+        return grow_head(head, cfg.grow_layers, causal=cfg.head_type == "causal")
     head = init_draft_head(head_cfg, seed=cfg.seed)
     if cfg.init == "target-layers":
         ids = reader.train_indices()[:8]
@@ -172,7 +172,7 @@ def export_head(head: DraftHead, path: str | pathlib.Path) -> None:
 
 
 # settings added after runs were checkpointed: the value that reproduces what those runs did
-_BEFORE_FIELD = {"exact_vocab": 0, "tail_samples": 1024, "init_from": "", "grow_layers": 0}
+_BEFORE_FIELD = {"exact_vocab": 0, "tail_samples": 1024, "init_from": "", "grow_layers": 0, "hard_mix": 0.0}
 
 
 def _comparable(cfg: dict) -> dict:
@@ -227,7 +227,8 @@ def fit(cfg: FitConfig, resume: bool = False) -> pathlib.Path:
             group["lr"] = lr
         batch = batch_for_step(cfg, reader, train_ids, step)
         res = distill_step(head, target.embed_tokens, target.lm_head_weight_VM, batch, weights_L, cfg.chunk,
-                           vocab=vocab, generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + step + 1))
+                           vocab=vocab, generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + step + 1),
+                           hard_mix=cfg.hard_mix)
         opt.zero_grad(set_to_none=True)
         res.loss.backward()
         gnorm = float(torch.nn.utils.clip_grad_norm_(head.parameters(), cfg.grad_clip))

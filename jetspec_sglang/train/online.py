@@ -102,7 +102,8 @@ def build_head(cfg: OnlineConfig, target, sample: list[dict], device: torch.devi
     """(head in fp32 on device, prior training state {} or the init_from head's training_state.json)."""
     if cfg.init_from:
         head = load_draft_head(cfg.init_from, target_config=target.config, dtype=torch.float32)
-        return grow_head(head, cfg.grow_layers).to(device), read_training_state(cfg.init_from)
+        head = grow_head(head, cfg.grow_layers, causal=cfg.head_type == "causal")
+        return head.to(device), read_training_state(cfg.init_from)
     head_cfg = make_draft_head_config(
         target.config, mask_token_id=cfg.mask_token_id, num_layers=cfg.num_layers, block_size=cfg.block_size,
         causal_head=cfg.head_type == "causal", target_layer_ids=list(cfg.target_layer_ids),
@@ -202,7 +203,8 @@ def train_online(cfg: OnlineConfig, resume: bool = False) -> pathlib.Path:
             group["lr"] = lr
         batch = pad_sequences(stream.batch(step, cfg.seqs_per_step), cfg.max_seq_len, device)
         gen = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + step * world + rank)
-        res = online_step(runner, target, layer_ids, batch, cfg.anchors_per_seq, weights_L, gen)
+        res = online_step(runner, target, layer_ids, batch, cfg.anchors_per_seq, weights_L, gen,
+                          hard_mix=cfg.hard_mix)
         opt.zero_grad(set_to_none=True)
         res.loss.backward()
         gnorm = torch.nn.utils.clip_grad_norm_(head.parameters(), cfg.grad_clip)

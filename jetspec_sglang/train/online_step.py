@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from jetspec_sglang.draft_head import DraftHead, block_positions, build_block_mask, make_block_ids
+from jetspec_sglang.train.loss import mix_hard_label
 from jetspec_sglang.train.signals import SequenceBatch, gather_rows, target_forward, teacher_rows
 
 NO_ANCHOR = -1.0  # score of a position that cannot be an anchor
@@ -59,8 +60,10 @@ class HeadBlocks(nn.Module):
 
 
 def online_step(runner: nn.Module, target: nn.Module, layer_ids, batch: SequenceBatch, anchors_per_seq: int,
-                weights_L: torch.Tensor, generator: torch.Generator, autocast: bool = True) -> OnlineStepOutput:
-    """Forward one batch of sequences (no optimizer work). runner: a HeadBlocks, or DDP(HeadBlocks)."""
+                weights_L: torch.Tensor, generator: torch.Generator, autocast: bool = True,
+                hard_mix: float = 0.0) -> OnlineStepOutput:
+    """Forward one batch of sequences (no optimizer work). runner: a HeadBlocks, or DDP(HeadBlocks). hard_mix > 0:
+    the KL is to loss.mix_hard_label's teacher (the reported KL too; agreement is to the target's argmax)."""
     cfg = (runner.module if hasattr(runner, "module") else runner).head.config
     q, depth = cfg.block_size, cfg.block_size - 1
     device = batch.tokens_BS.device
@@ -81,7 +84,8 @@ def online_step(runner: nn.Module, target: nn.Module, layer_ids, batch: Sequence
     hidden_NM = hidden_BRM.view(b, a, q, -1)[:, :, 1:][valid_BAL]  # slot k predicts depth k; anchor row: no loss
     logits_NV = hidden_NM.to(torch.bfloat16) @ lm_head.weight.to(torch.bfloat16).T
     logq_NV = torch.log_softmax(logits_NV.float(), dim=-1)
-    kl_N = (teacher_logp_NV.exp() * (teacher_logp_NV - logq_NV)).sum(-1)
+    mixed_NV = mix_hard_label(teacher_logp_NV, hard_mix) if hard_mix else teacher_logp_NV
+    kl_N = (mixed_NV.exp() * (mixed_NV - logq_NV)).sum(-1)
     depth_N = torch.arange(depth, device=device).expand(b, a, depth)[valid_BAL]
     w_N = weights_L.to(device)[depth_N]
     loss = (kl_N * w_N).sum() / w_N.sum().clamp_min(1e-9)

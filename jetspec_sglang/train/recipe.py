@@ -27,6 +27,7 @@ class HeadRecipe:
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     depth_decay: float | None = None  # gamma of w_k = exp(-(k-1)/gamma); None = uniform (the JetSpec default)
+    hard_mix: float = 0.0  # teacher (1 - x) p + x onehot(argmax p): weight of the target's greedy token (loss.py)
     seed: int = 0
     init: str = "target-layers"  # "target-layers" (init_head.py) | "random" (init_draft_head)
     init_from: str = ""  # a head folder to start from (its geometry wins, `init` is unused; online: its
@@ -41,6 +42,8 @@ class HeadRecipe:
             raise ValueError(f"--init {self.init!r}: choose target-layers or random")
         if self.grow_layers < 0 or (self.grow_layers and not self.init_from):
             raise ValueError(f"--grow-layers {self.grow_layers}: needs --init-from (the head to grow) and a count >= 0")
+        if not 0.0 <= self.hard_mix < 1.0:
+            raise ValueError(f"--hard-mix {self.hard_mix}: must be in [0, 1) (0 = plain distillation)")
         if self.steps <= 0 or self.seqs_per_step <= 0 or self.anchors_per_seq <= 0:
             raise ValueError(f"--steps {self.steps} / --seqs-per-step {self.seqs_per_step} / --anchors-per-seq "
                              f"{self.anchors_per_seq} must be positive")

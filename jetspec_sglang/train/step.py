@@ -6,13 +6,14 @@ autocast (AMX); the target's embedding and lm_head are frozen and only read. Imp
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import torch
 from torch import nn
 
 from jetspec_sglang.draft_head import DraftHead
 from jetspec_sglang.train.blocks import BlockBatch
-from jetspec_sglang.train.loss import SampledVocab, forward_kl_fused
+from jetspec_sglang.train.loss import SampledVocab, forward_kl_fused, mix_hard_label
 
 
 @dataclasses.dataclass
@@ -27,11 +28,12 @@ class StepOutput:
 
 def distill_step(head: DraftHead, embed_tokens: nn.Module, lm_head_weight_VM: torch.Tensor, batch: BlockBatch,
                  weights_L: torch.Tensor, chunk: int = 512, autocast: bool = True, vocab: SampledVocab | None = None,
-                 generator: torch.Generator | None = None) -> StepOutput:
+                 generator: torch.Generator | None = None, hard_mix: float = 0.0) -> StepOutput:
     """Forward the batch; loss = sum_slots w_k * KL / sum_slots w_k over valid slots (jetspec-method.md 8).
 
     vocab None: the full-vocabulary KL (evaluation always); else the sampled estimate of loss.SampledVocab, drawn
-    with `generator`."""
+    with `generator`. hard_mix > 0: the KL is to loss.mix_hard_label's teacher (training only; kl_sum_L then
+    reports that KL, agreement is unchanged)."""
     b, a, depth = batch.valid_BAL.shape
     q = depth + 1
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
@@ -41,9 +43,11 @@ def distill_step(head: DraftHead, embed_tokens: nn.Module, lm_head_weight_VM: to
         hidden_BRM = head.forward_blocks(context_BSM, embeds_BRM, batch.positions_BR, batch.allowed_B1RK)
     hidden_BALM = hidden_BRM.view(b, a, q, -1)[:, :, 1:]  # slot k of a block predicts depth k; the anchor row has no loss
     valid = batch.valid_BAL
-    kl_N, argmax_N = forward_kl_fused(hidden_BALM[valid], lm_head_weight_VM, batch.teacher_logp_BALK[valid],
-                                      batch.teacher_ids_BALK[valid], batch.teacher_rest_BAL[valid], chunk,
-                                      vocab, generator)
+    logp_NK, rest_N = batch.teacher_logp_BALK[valid], batch.teacher_rest_BAL[valid]
+    if hard_mix:
+        logp_NK, rest_N = mix_hard_label(logp_NK, hard_mix), rest_N.float() + math.log1p(-hard_mix)
+    kl_N, argmax_N = forward_kl_fused(hidden_BALM[valid], lm_head_weight_VM, logp_NK, batch.teacher_ids_BALK[valid],
+                                      rest_N, chunk, vocab, generator)
     w_N = weights_L.expand(b, a, depth)[valid]
     loss = (kl_N * w_N).sum() / w_N.sum().clamp_min(1e-9)
     with torch.no_grad():
