@@ -6,7 +6,7 @@ fp32 ones, and plain bf16 decoding differs from itself across batch shapes (a ve
 another batch shape than a one-token decode step), so bf16 speculation is not token-exact. Losslessness is checked
 where it is exact: a plain and a JETSPEC server in float32 on a few of the prompts, outputs compared token for token
 (the exit code is 1 if any differs).
-    python -m jetspec_sglang.demo [--prompts 6] [--max-new-tokens 128] [--budget 8] [--depth 7]
+    python -m jetspec_sglang.demo [--prompts 6] [--max-new-tokens 128] [--budget 16] [--depth 7]
                                   [--dtype bfloat16] [--parity-prompts 3] [--parity-tokens 64] [--json]
 """
 from __future__ import annotations
@@ -53,7 +53,7 @@ def parse_args(argv=None) -> DemoArgs:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--prompts", type=int, default=6, help="held-out prompts, half GSM8K, half HumanEval")
     p.add_argument("--max-new-tokens", type=int, default=128)
-    p.add_argument("--budget", type=int, default=8,
+    p.add_argument("--budget", type=int, default=16,
                    help="largest tree budget, nodes incl. root (--speculative-num-draft-tokens); the server picks "
                         "each step's budget up to it (JETSPEC_BUDGET=auto, the default)")
     p.add_argument("--depth", type=int, default=7,
