@@ -96,6 +96,21 @@ def test_online_loss_is_the_full_vocabulary_kl_to_the_target_at_anchor_plus_k_mi
     assert res.loss.requires_grad
 
 
+def test_online_hard_mix_changes_the_loss_not_the_agreement(tiny_online):
+    """--hard-mix on the online path: the KL is to the mixed teacher (another, still finite and positive value),
+    the agreement counts are the target argmax's either way."""
+    from jetspec_sglang.train.online import build_head
+
+    target = tiny_online["model"].to(torch.float32)
+    head, _ = build_head(online_config(tiny_online, "x"), target, [], torch.device("cpu"))
+    batch = pad_sequences(_records(3), max_len=64)
+    plain, mixed = (online_step(HeadBlocks(head), target, [0], batch, 5, torch.ones(3),
+                                torch.Generator().manual_seed(0), autocast=False, hard_mix=x) for x in (0.0, 0.5))
+    assert torch.isfinite(mixed.loss) and mixed.loss.item() > 0
+    assert abs(mixed.loss.item() - plain.loss.item()) > 1e-4
+    assert torch.equal(mixed.agree_sum_L, plain.agree_sum_L) and torch.equal(mixed.count_L, plain.count_L)
+
+
 def test_online_training_reduces_the_loss_and_exports_a_loadable_head(tiny_online):
     out = train_online(online_config(tiny_online, "run"))
     recs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]

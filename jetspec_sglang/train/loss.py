@@ -49,7 +49,8 @@ def mix_hard_label(teacher_logp_NX: torch.Tensor, lam: float) -> torch.Tensor:
         return logp
     logp = logp + math.log1p(-lam)
     top_N = teacher_logp_NX.argmax(-1, keepdim=True)
-    return logp.scatter(-1, top_N, torch.logaddexp(logp.gather(-1, top_N), torch.tensor(math.log(lam), dtype=logp.dtype)))
+    log_lam = torch.tensor(math.log(lam), dtype=logp.dtype, device=logp.device)
+    return logp.scatter(-1, top_N, torch.logaddexp(logp.gather(-1, top_N), log_lam))
 
 
 def _coarse_kl(logq_NK: torch.Tensor, logq_rest_N: torch.Tensor, logp_NK: torch.Tensor,
