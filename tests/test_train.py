@@ -173,13 +173,16 @@ def test_sampled_vocab_estimate_centres_on_the_full_loss():
 
 
 def test_hard_mix_teacher_moves_mass_to_the_argmax():
-    torch.testing.assert_close(mix_hard_label(torch.tensor([[0.6, 0.4]]).log(), 0.5).exp(), torch.tensor([[0.8, 0.2]]))
+    torch.testing.assert_close(mix_hard_label(torch.tensor([[0.6, 0.4]]).log(), 0.5)[0].exp(),
+                               torch.tensor([[0.8, 0.2]]))
     logp, ids, rest = teacher_topk(torch.randn(6, 30, dtype=torch.float64) * 2, 5)
-    mixed = mix_hard_label(logp.double(), 0.3)
-    mass = mixed.exp().sum(-1) + (rest.double() + math.log1p(-0.3)).exp()
+    mixed, mixed_rest = mix_hard_label(logp.double(), 0.3, rest.double())
+    torch.testing.assert_close(mixed_rest, rest.double() + math.log1p(-0.3), **F64)
+    mass = mixed.exp().sum(-1) + mixed_rest.exp()
     torch.testing.assert_close(mass, torch.ones(6, dtype=torch.float64), **F32)  # still a distribution with the rest
     assert torch.equal(mixed.argmax(-1), logp.argmax(-1))
-    assert torch.equal(mix_hard_label(logp.double(), 0.0), logp.double())
+    same, same_rest = mix_hard_label(logp.double(), 0.0, rest.double())
+    assert torch.equal(same, logp.double()) and torch.equal(same_rest, rest.double())
 
 
 def test_hard_mix_gradient_is_kl_plus_cross_entropy_on_the_argmax():
@@ -189,7 +192,8 @@ def test_hard_mix_gradient_is_kl_plus_cross_entropy_on_the_argmax():
     logits = torch.randn(n, v, dtype=torch.float64, requires_grad=True)
     logp, ids, rest = teacher_topk(torch.randn(n, v, dtype=torch.float64) * 2, 6)
     logp, ids, rest = logp.double(), ids.long(), rest.double()
-    forward_kl_ref(logits, mix_hard_label(logp, lam), ids, rest + math.log1p(-lam)).sum().backward()
+    mixed, mixed_rest = mix_hard_label(logp, lam, rest)
+    forward_kl_ref(logits, mixed, ids, mixed_rest).sum().backward()
     got, logits.grad = logits.grad.clone(), None
     kl = forward_kl_ref(logits, logp, ids, rest)
     ce = torch.nn.functional.cross_entropy(logits, ids[:, 0], reduction="none")
@@ -452,7 +456,7 @@ def test_a_head_continued_as_another_head_type_is_exported_as_that_type(tiny_run
     first = tiny_run["tmp"] / "first" / "head"
     assert read_checkpoint(first)[0].causal_head
     fit(fit_config(tiny_run, "bidi", steps=2, init_from=str(first), head_type="bidirectional"))
-    config, tensors = read_checkpoint(tiny_run["tmp"] / "bidi" / "head")
+    config = read_checkpoint(tiny_run["tmp"] / "bidi" / "head")[0]
     assert not config.causal_head and config.num_hidden_layers == 1
     fit(fit_config(tiny_run, "same", steps=2, init_from=str(first)))
     assert read_checkpoint(tiny_run["tmp"] / "same" / "head")[0].causal_head

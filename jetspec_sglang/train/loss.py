@@ -35,22 +35,27 @@ def depth_weights(depth: int, gamma: float | None) -> torch.Tensor:
     return torch.exp(-torch.arange(depth, dtype=torch.float32) / gamma)
 
 
-def mix_hard_label(teacher_logp_NX: torch.Tensor, lam: float) -> torch.Tensor:
-    """log of (1 - lam) p + lam onehot(argmax p), row-wise (fp32 or wider): the teacher of `--hard-mix lam`.
+def mix_hard_label(teacher_logp_NX: torch.Tensor, lam: float, teacher_rest_N: torch.Tensor | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(log of (1 - lam) p + lam onehot(argmax p) row-wise, its rest bucket) in fp32 or wider: the teacher of
+    `--hard-mix lam`.
 
     The KL to this mixture has the gradient of (1 - lam) KL(p || q) + lam CE(argmax p, q): the draft is pulled
     toward the target's greedy token, which is what greedy verification accepts, while it still learns the rest of
-    the distribution that the tree's other branches draw from. Works on a full-vocabulary row and on the cache's
-    top-K columns (their argmax is the target's; add log(1 - lam) to the rest bucket beside it). 0 <= lam < 1 (at
-    1 the other entries would be log 0, and 0 log 0 is not 0 in the KL). ([log .6, log .4], .5) -> [log .8, log .2].
+    the distribution that the tree's other branches draw from. Works on a full-vocabulary row (no rest: None back)
+    and on the cache's top-K columns, whose argmax is the target's and whose rest bucket (log mass outside them) is
+    scaled by 1 - lam too. 0 <= lam < 1 (at 1 the other entries would be log 0, and 0 log 0 is not 0 in the KL);
+    lam 0 gives p back. ([log .6, log .4], .5) -> [log .8, log .2].
     """
     logp = teacher_logp_NX.to(torch.promote_types(teacher_logp_NX.dtype, torch.float32))
+    rest = None if teacher_rest_N is None else teacher_rest_N.to(logp.dtype)
     if not lam:
-        return logp
+        return logp, rest
     logp = logp + math.log1p(-lam)
     top_N = teacher_logp_NX.argmax(-1, keepdim=True)
     log_lam = torch.tensor(math.log(lam), dtype=logp.dtype, device=logp.device)
-    return logp.scatter(-1, top_N, torch.logaddexp(logp.gather(-1, top_N), log_lam))
+    mixed = logp.scatter(-1, top_N, torch.logaddexp(logp.gather(-1, top_N), log_lam))
+    return mixed, None if rest is None else rest + math.log1p(-lam)
 
 
 def _coarse_kl(logq_NK: torch.Tensor, logq_rest_N: torch.Tensor, logp_NK: torch.Tensor,

@@ -84,7 +84,7 @@ def online_step(runner: nn.Module, target: nn.Module, layer_ids, batch: Sequence
     hidden_NM = hidden_BRM.view(b, a, q, -1)[:, :, 1:][valid_BAL]  # slot k predicts depth k; anchor row: no loss
     logits_NV = hidden_NM.to(torch.bfloat16) @ lm_head.weight.to(torch.bfloat16).T
     logq_NV = torch.log_softmax(logits_NV.float(), dim=-1)
-    mixed_NV = mix_hard_label(teacher_logp_NV, hard_mix) if hard_mix else teacher_logp_NV
+    mixed_NV, _ = mix_hard_label(teacher_logp_NV, hard_mix)
     kl_N = (mixed_NV.exp() * (mixed_NV - logq_NV)).sum(-1)
     depth_N = torch.arange(depth, device=device).expand(b, a, depth)[valid_BAL]
     w_N = weights_L.to(device)[depth_N]

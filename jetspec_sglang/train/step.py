@@ -6,7 +6,6 @@ autocast (AMX); the target's embedding and lm_head are frozen and only read. Imp
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import torch
 from torch import nn
@@ -43,9 +42,7 @@ def distill_step(head: DraftHead, embed_tokens: nn.Module, lm_head_weight_VM: to
         hidden_BRM = head.forward_blocks(context_BSM, embeds_BRM, batch.positions_BR, batch.allowed_B1RK)
     hidden_BALM = hidden_BRM.view(b, a, q, -1)[:, :, 1:]  # slot k of a block predicts depth k; the anchor row has no loss
     valid = batch.valid_BAL
-    logp_NK, rest_N = batch.teacher_logp_BALK[valid], batch.teacher_rest_BAL[valid]
-    if hard_mix:
-        logp_NK, rest_N = mix_hard_label(logp_NK, hard_mix), rest_N.float() + math.log1p(-hard_mix)
+    logp_NK, rest_N = mix_hard_label(batch.teacher_logp_BALK[valid], hard_mix, batch.teacher_rest_BAL[valid])
     kl_N, argmax_N = forward_kl_fused(hidden_BALM[valid], lm_head_weight_VM, logp_NK, batch.teacher_ids_BALK[valid],
                                       rest_N, chunk, vocab, generator)
     w_N = weights_L.expand(b, a, depth)[valid]
