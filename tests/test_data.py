@@ -7,14 +7,15 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from transformers import AutoTokenizer  # noqa: E402
 
-from jetspec_sglang.data import bench_file, benchmarks, sharegpt, splits  # noqa: E402
+from jetspec_sglang.data import bench_file, benchmarks, pycode, sharegpt, splits  # noqa: E402
 from jetspec_sglang.data.prompts import encode_chat, format_gsm8k, format_humaneval, normalize_text  # noqa: E402
 from jetspec_sglang.data.prompts import render_chat  # noqa: E402
 from jetspec_sglang.data.sources import source_path  # noqa: E402
 from jetspec_sglang.models import prepare_model  # noqa: E402
 
 # (train, eval) prompt counts, pinned: a change means a split moved
-SPLIT_COUNTS = {"gsm8k": (1000, 319), "humaneval": (100, 64), "mtbench": (0, 80), "sharegpt": (16851, 140)}
+SPLIT_COUNTS = {"gsm8k": (1000, 319), "humaneval": (100, 64), "mtbench": (0, 80), "sharegpt": (16851, 140),
+                "pycode": (len(pycode.read_pycode()), 0)}  # pycode: whatever this Python's stdlib holds (3.11: 2,906)
 
 
 @pytest.fixture(scope="module")
@@ -160,3 +161,39 @@ def test_smollm2_rendering_adds_its_default_system_prompt():
     assert text.startswith("<|im_start|>system\nYou are a helpful AI assistant named SmolLM")
     assert text.endswith("<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n")
     assert encode_chat(tok, "What is 2+2?")[0][0] == tok.bos_token_id == 1
+
+
+def test_pycode_prompts_from_a_source_tree(tmp_path):
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "test").mkdir()
+    doc = "Return the sum of a and b, both integers; raises TypeError when either is not an int at all."
+    (tmp_path / "pkg" / "mod.py").write_text(
+        f"import os\n\n@functools.cache\ndef add(a: int, b: int = 2) -> int:\n    \"\"\"{doc}\"\"\"\n    return a + b\n\n"
+        f"def _private(x):\n    \"\"\"{doc}\"\"\"\n    return x\n\ndef short(x):\n    \"\"\"Too short.\"\"\"\n\n"
+        f"def bare(x):\n    return x\n\nclass Box(Base, metaclass=M):\n    def get(self, key):\n        \"\"\"{doc}\"\"\"\n"
+        f"        return self.d[key]\n\n    def _hidden(self):\n        \"\"\"{doc}\"\"\"\n\nclass _Hidden:\n"
+        f"    def get(self):\n        \"\"\"{doc}\"\"\"\n")
+    (tmp_path / "test" / "test_mod.py").write_text(f"def add(a, b):\n    \"\"\"{doc}\"\"\"\n")
+    (tmp_path / "broken.py").write_text("def (:\n")
+    rows = pycode.read_pycode(str(tmp_path))
+    assert [r["id"] for r in rows] == ["pycode/pkg/mod.py:add", "pycode/pkg/mod.py:Box.get"]
+    add, get = rows
+    assert add["prompt"] == f"def add(a: int, b: int=2) -> int:\n    \"\"\"{doc}\"\"\"\n"
+    assert add["solution"] == add["prompt"] + "    return a + b\n"  # the body is the reference; no decorator
+    assert get["prompt"].startswith("class Box(Base, metaclass=M):\n\n    def get(self, key):\n")
+    assert get["solution"].endswith("return self.d[key]\n") and "_hidden" not in get["solution"]
+    with pytest.raises(ValueError, match="no documented public functions"):
+        pycode.read_pycode(str(tmp_path / "test"))
+
+
+def test_pycode_is_train_only_and_formatted_like_humaneval():
+    import ast
+
+    train = splits.load_prompts("pycode", "train")
+    assert splits.load_prompts("pycode", "eval") == [] and len(train) > 2000
+    assert len({r.id for r in train}) == len(train) and all(r.id.startswith("pycode/") for r in train)
+    for r in train[::97]:
+        assert r.text == format_humaneval(r.source_text) and r.reference.startswith("```python\n")
+        stub = ast.parse(r.source_text).body[0]
+        fn = stub.body[0] if isinstance(stub, ast.ClassDef) else stub
+        assert len(fn.body) == 1 and ast.get_docstring(fn)  # the body is cut to the docstring

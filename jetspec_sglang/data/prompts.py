@@ -1,7 +1,7 @@
 """Benchmark prompt formats (jetspec-method.md 10.8) and their rendering with a target's chat template.
 
-One user turn per prompt: GSM8K adds the step-by-step/boxed suffix, HumanEval wraps the prompt in the
-"Write a solution ..." request, MT-Bench and ShareGPT use the first user turn as is. `render_chat` applies the
+One user turn per prompt: GSM8K adds the step-by-step/boxed suffix, HumanEval (and pycode, its stdlib-cut
+twin) wraps the prompt in the "Write a solution ..." request, MT-Bench and ShareGPT use the first user turn as is. `render_chat` applies the
 tokenizer's own chat template with add_generation_prompt=True (enable_thinking=False, as JetSpec's benchmark
 passes for Qwen3; templates that do not use the flag ignore it). Imports no sglang.
 """
@@ -16,13 +16,14 @@ GSM8K_SUFFIX = "\nPlease reason step by step, and put your final answer within \
 HUMANEVAL_TEMPLATE = (
     "Write a solution to the following problem and make sure that it passes the tests:\n```python\n{prompt}\n```"
 )
-DATASETS = ("sharegpt", "gsm8k", "humaneval", "mtbench")
+DATASETS = ("sharegpt", "gsm8k", "humaneval", "mtbench", "pycode")  # pycode: stdlib functions, train only
 
 
 @dataclass(frozen=True)
 class PromptRecord:
     dataset: str  # one of DATASETS
-    id: str  # stable id: "gsm8k/17", "HumanEval/3", "mtbench/81", "sharegpt/<file index>/<sharegpt id>"
+    id: str  # stable id: "gsm8k/17", "HumanEval/3", "mtbench/81", "sharegpt/<file index>/<sharegpt id>",
+    #          "pycode/<stdlib path>:<qualname>"
     index: int  # position in the source file (GSM8K, HumanEval, MT-Bench, ShareGPT record order)
     source_text: str  # the dataset's own question / code prompt / first user turn, unformatted
     text: str  # the user message sent to the target (format of jetspec-method.md 10.8)

@@ -8,6 +8,8 @@
 | ShareGPT  | 17,671  | sha256(base id) % 100 == 0, base id "QWJhYvA_3"  | the rest: 16,851 prompts (17,255 minus |
 |           | (17,395 | -> "QWJhYvA": 143 conversations, 140 prompts     | 404 equal to an eval text, mostly      |
 |           | prompts)|                                                  | "continue" / "please continue")        |
+| pycode    | 2,906   | none (code from the interpreter's stdlib,        | all (pycode.py; the count is Python    |
+|           | (3.11)  | not a benchmark)                                 | 3.11's)                                |
 
 Rules are by file index or by a hash of the id (no random seed), so they never move. Train records whose
 normalized text equals any eval text (of any dataset, both MT-Bench turns included) are dropped, and
@@ -24,6 +26,7 @@ from typing import Iterable
 from jetspec_sglang.data.benchmarks import gsm8k_reference, read_gsm8k, read_humaneval, read_mtbench
 from jetspec_sglang.data.benchmarks import read_mtbench_references
 from jetspec_sglang.data.prompts import DATASETS, PromptRecord, format_gsm8k, format_humaneval, normalize_text
+from jetspec_sglang.data.pycode import read_pycode
 from jetspec_sglang.data.sharegpt import load_sharegpt
 
 logger = logging.getLogger(__name__)
@@ -32,7 +35,8 @@ SPLITS = ("train", "eval")
 GSM8K_EVAL_START = 1000  # GSM8K test-file index >= this is eval
 HUMANEVAL_EVAL_START = 100  # HumanEval task number >= this is eval
 SHAREGPT_EVAL_BUCKETS = 100  # ShareGPT base ids hashing to bucket 0 of this many are eval
-TRAIN_DATASETS = ("sharegpt", "gsm8k", "humaneval")  # MT-Bench has no train split
+TRAIN_DATASETS = ("sharegpt", "gsm8k", "humaneval", "pycode")  # MT-Bench has no train split
+EVAL_DATASETS = ("sharegpt", "gsm8k", "humaneval", "mtbench")  # pycode has no eval split
 
 
 def sharegpt_bucket(sharegpt_id: str) -> int:
@@ -56,6 +60,8 @@ def _is_eval(dataset: str, record: PromptRecord) -> bool:
         return int(record.id.split("/")[1]) >= HUMANEVAL_EVAL_START
     if dataset == "mtbench":
         return True
+    if dataset == "pycode":
+        return False
     return sharegpt_bucket(record.id.split("/", 2)[2]) == 0
 
 
@@ -68,6 +74,9 @@ def _all_records(dataset: str) -> tuple[PromptRecord, ...]:
     if dataset == "humaneval":
         return tuple(PromptRecord("humaneval", r["task_id"], r["index"], r["prompt"], format_humaneval(r["prompt"]),
                                   f"```python\n{r['prompt']}{r['canonical_solution']}```") for r in read_humaneval())
+    if dataset == "pycode":
+        return tuple(PromptRecord("pycode", r["id"], r["index"], r["prompt"], format_humaneval(r["prompt"]),
+                                  f"```python\n{r['solution']}```") for r in read_pycode())
     if dataset == "mtbench":
         refs = read_mtbench_references()
         return tuple(PromptRecord("mtbench", f"mtbench/{r['question_id']}", r["index"], r["turns"][0], r["turns"][0],
@@ -93,7 +102,7 @@ def _keys(record: PromptRecord) -> set[str]:
 def eval_keys() -> frozenset[str]:
     """Normalized texts of every eval prompt of every dataset (plus MT-Bench second turns)."""
     keys = set()
-    for dataset in DATASETS:
+    for dataset in EVAL_DATASETS:
         for record in _all_records(dataset):
             if _is_eval(dataset, record):
                 keys |= _keys(record)
@@ -116,9 +125,10 @@ def _split(dataset: str, split: str) -> tuple[PromptRecord, ...]:
 
 
 def load_prompts(dataset: str, split: str) -> list[PromptRecord]:
-    """The prompts of `dataset` ("sharegpt", "gsm8k", "humaneval", "mtbench") in `split` ("train" or "eval").
+    """The prompts of `dataset` ("sharegpt", "gsm8k", "humaneval", "mtbench", "pycode") in `split` ("train"/"eval").
 
-    Train prompts never equal (after `normalize_text`) any eval prompt of any dataset. MT-Bench train is empty.
+    Train prompts never equal (after `normalize_text`) any eval prompt of any dataset. MT-Bench train and pycode eval
+    are empty.
     ShareGPT prompts are the first user turn of each conversation that has one.
     """
     _check(dataset, split)
