@@ -48,7 +48,7 @@ from tqdm import tqdm
 from serving_client import RunError, bench_argv, check_prompt_lens, make_record, prompt_order, run_points, \
     sweep_points
 from serving_configs import attached_configs, head_depth, server_spec, sweep_configs
-from serving_report import add_ratios, markdown, parity, parity_failures, plain_consistency, plot
+from serving_report import add_ratios, combine_repeats, markdown, parity, parity_failures, plain_consistency, plot
 
 # --cpu-quick: SmolLM2-135M bf16 on a 2-core CPU (see the module docstring for the time it takes).
 CPU_QUICK = dict(model="smollm2", device="cpu", dtype="bfloat16", budgets=[8, 16], depth=7, width=4,
@@ -89,6 +89,7 @@ class Args:
     server_args: tuple
     seed: int
     warmup_requests: int
+    repeats: int
     run_timeout: float
     start_timeout: float
     allow_mismatch: bool
@@ -137,6 +138,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--server-args", default="", help="extra flags for every started server, one shell-quoted string")
     p.add_argument("--seed", type=int, default=42, help="bench_serving --seed (prompt order, Poisson arrivals)")
     p.add_argument("--warmup-requests", type=int, default=1, help="before the first point of each server")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="start every config this many times, the configs taking turns (plain, a, b, plain, a, b, "
+                        "...); tables show the median instance and the range (a CPU server keeps the speed it "
+                        "starts with, +-20 %% between starts)")
     p.add_argument("--run-timeout", type=float, default=1800, help="seconds per bench_serving run")
     p.add_argument("--start-timeout", type=float, default=900, help="seconds for a server to become healthy")
     p.add_argument("--allow-mismatch", action="store_true", help="exit 0 even if outputs differ from plain")
@@ -161,6 +166,8 @@ def parse(argv=None) -> Args:
         parser.error("nothing to run: give --concurrency and/or --request-rates values")
     if any(c < 1 for c in a.concurrency) or any(r <= 0 for r in a.request_rates):
         parser.error(f"--concurrency {a.concurrency} must be >= 1 and --request-rates {a.request_rates} > 0")
+    if a.repeats < 1 or (a.repeats > 1 and a.attach):
+        parser.error(f"--repeats {a.repeats}: use >= 1, and 1 with --attach (restarts need servers this bench starts)")
     if a.output_len < 4:
         parser.error(f"--output-len {a.output_len}: bench_serving needs at least 4")
     speculative = bool(a.budgets or a.chain or a.ladder or a.auto)
@@ -179,8 +186,8 @@ def parse(argv=None) -> Args:
                 max_total_tokens=a.max_total_tokens, max_running_requests=running,
                 mem_fraction_static=a.mem_fraction_static, decode_log_interval=a.decode_log_interval,
                 server_args=tuple(shlex.split(a.server_args)), seed=a.seed, warmup_requests=a.warmup_requests,
-                run_timeout=a.run_timeout, start_timeout=a.start_timeout, allow_mismatch=a.allow_mismatch,
-                resume=a.resume, dry_run=a.dry_run)
+                repeats=a.repeats, run_timeout=a.run_timeout, start_timeout=a.start_timeout,
+                allow_mismatch=a.allow_mismatch, resume=a.resume, dry_run=a.dry_run)
 
 
 def resolve_model(args: Args, configs) -> str:
@@ -223,15 +230,17 @@ def server_flags(args: Args) -> list[str]:
 
 
 def run_sweep(args: Args, configs, files: dict, model: str, results: dict, save) -> None:
-    """Every config x group x point; one server alive at a time; records and failures land in `results`."""
+    """Every repeat x config x group x point; one server alive at a time, a fresh one per config and repeat (the
+    configs take turns within each repeat); records (with their 'repeat') and failures land in `results`."""
     from jetspec_sglang.serving import Server
 
     points = {g: sweep_points(args.concurrency, args.request_rates, len(lens), args.waves, args.min_prompts,
                               args.rate_num_prompts, args.rate_max_concurrency) for g, (_, lens) in files.items()}
-    bar = tqdm(total=len(configs) * sum(map(len, points.values())), desc="bench_serving", unit="run",
-               file=sys.stderr)
-    for config in configs:
-        raw_dir = args.out / "raw" / config.name
+    bar = tqdm(total=args.repeats * len(configs) * sum(map(len, points.values())), desc="bench_serving",
+               unit="run", file=sys.stderr)
+    for repeat, config in ((k, c) for k in range(args.repeats) for c in configs):
+        tag = f"_r{repeat + 1}" if args.repeats > 1 else ""  # one run keeps the layout of earlier results
+        raw_dir = args.out / "raw" / (config.name + tag.replace("_", "/"))
         mine = [(g, p, raw_dir / f"{g}_{p.key}.jsonl") for g in args.groups for p in points[g]]
         done = [m for m in mine if args.resume and m[2].is_file() and m[2].read_text().strip()]
         pending = [m for m in mine if m not in done]
@@ -243,6 +252,7 @@ def run_sweep(args: Args, configs, files: dict, model: str, results: dict, save)
                     raise raw
                 record = make_record(raw, group, config.as_dict(), point,
                                      prompt_order(files[group][0], args.seed, point.num_prompts))
+                record["repeat"] = repeat
                 check_prompt_lens(record, files[group][1])
                 state = record.get("budget_state")
                 if state:
@@ -252,9 +262,9 @@ def run_sweep(args: Args, configs, files: dict, model: str, results: dict, save)
                     last_chosen.update(state["chosen"])
                 results["records"].append(record)
             except RunError as e:
-                results["failures"].append({"config": config.name, "group": group, "point": point.key,
+                results["failures"].append({"config": config.name + tag, "group": group, "point": point.key,
                                             "error": str(e)})
-                tqdm.write(f"FAILED {config.name} {group} {point.key}: {str(e).splitlines()[0]}", file=sys.stderr)
+                tqdm.write(f"FAILED {config.name}{tag} {group} {point.key}: {str(e).splitlines()[0]}", file=sys.stderr)
             bar.update(1)
             save()
 
@@ -267,20 +277,21 @@ def run_sweep(args: Args, configs, files: dict, model: str, results: dict, save)
             if config.url is None:
                 spec = server_spec(config, model, args.head, args.device, args.dtype, args.max_total_tokens,
                                    args.max_running_requests, server_flags(args))
-                bar.set_postfix_str(f"starting {config.name}")
-                server = Server(spec, args.out / "logs" / f"server_{config.name}.log", timeout=args.start_timeout)
+                bar.set_postfix_str(f"starting {config.name}{tag}")
+                server = Server(spec, args.out / "logs" / f"server_{config.name}{tag}.log",
+                                timeout=args.start_timeout)
                 server.start()
             url = config.url or server.url
             jobs = [{"argv": bench_argv(url, p, str(files[g][0]), args.output_len, args.seed,
                                         args.warmup_requests if i == 0 else 0, str(f),
                                         model if config.url is None else None), "out_file": str(f)}
                     for i, (g, p, f) in enumerate(pending)]
-            bar.set_postfix_str(f"{config.name}")
-            run_points(jobs, args.out / "logs" / config.name, args.run_timeout,
+            bar.set_postfix_str(f"{config.name}{tag}")
+            run_points(jobs, args.out / "logs" / (config.name + tag), args.run_timeout,
                        on_done=lambda i, raw: finish(*pending[i], raw))
         except (RuntimeError, TimeoutError) as e:  # the server did not start (RunErrors are handled per point)
-            results["failures"].append({"config": config.name, "error": f"server: {e}"})
-            tqdm.write(f"FAILED {config.name}: {str(e).splitlines()[0]}", file=sys.stderr)
+            results["failures"].append({"config": config.name + tag, "error": f"server: {e}"})
+            tqdm.write(f"FAILED {config.name}{tag}: {str(e).splitlines()[0]}", file=sys.stderr)
             bar.update(len(pending))
             save()
         finally:
@@ -296,6 +307,9 @@ def main(argv=None) -> int:
     if args.dry_run:
         for c in configs:
             print(json.dumps(c.as_dict()))
+        if args.repeats > 1:
+            print(f"each config started {args.repeats} times, in turn: " + ", ".join(c.name for c in configs)
+                  + ", ...")
         for group in args.groups:  # upper bound: a dataset may hold fewer eval prompts than --prompts-per-dataset
             points = sweep_points(args.concurrency, args.request_rates,
                                   args.prompts_per_dataset * len(group.split("+")), args.waves, args.min_prompts,
@@ -319,13 +333,17 @@ def main(argv=None) -> int:
         tmp.replace(args.out / "results.json")
 
     run_sweep(args, configs, files, model, results, save)
-    records = results["records"]
+    records = results["records"]  # one per server instance and point
     add_ratios(records)
     results["parity"], results["plain_consistency"] = parity(records), plain_consistency(records)
+    combined = combine_repeats(records) if args.repeats > 1 else records
+    if args.repeats > 1:
+        add_ratios(combined)
+        results["combined"] = combined
     save()
-    report = markdown(records, results["parity"], results["plain_consistency"], results["failures"], meta)
+    report = markdown(combined, results["parity"], results["plain_consistency"], results["failures"], meta)
     (args.out / "results.md").write_text(report + "\n")
-    plots = plot(records, args.out) if records else []
+    plots = plot(combined, args.out) if combined else []
     print(report)
     print(f"wrote {args.out / 'results.json'}, {args.out / 'results.md'}, {', '.join(map(str, plots))}")
     return exit_code(results, args.allow_mismatch, exact=args.dtype not in INEXACT_DTYPES)

@@ -7,6 +7,7 @@ checked per prompt id on the generated texts of requests that succeeded in both.
 from __future__ import annotations
 
 import math
+import statistics
 from pathlib import Path
 
 from serving_client import CONCURRENCY, RATE
@@ -45,13 +46,14 @@ def compare_outputs(reference: dict, record: dict) -> dict:
             "mismatches": len(diffs), "first": first}
 
 
-def _plain_by_point(records: list[dict]) -> dict[tuple[str, str], dict]:
-    return {(r["group"], r["point"]): r for r in records if r["config"] == PLAIN}
+def _plain_by_point(records: list[dict]) -> dict[tuple[str, str, int], dict]:
+    return {(r["group"], r["point"], r.get("repeat", 0)): r for r in records if r["config"] == PLAIN}
 
 
 def _reference(record: dict, plain: dict, records: list[dict]) -> dict | None:
-    """Plain at the same point, else the group's first plain record (texts do not depend on the point)."""
-    same = plain.get((record["group"], record["point"]))
+    """Plain at the same point (and repeat), else the group's first plain record (texts do not depend on the
+    point or the server instance)."""
+    same = plain.get((record["group"], record["point"], record.get("repeat", 0)))
     if same is not None:
         return same
     return next((r for r in records if r["config"] == PLAIN and r["group"] == record["group"]), None)
@@ -90,11 +92,41 @@ def parity_failures(entries: list[dict]) -> list[dict]:
     return [e for e in entries if e["mismatches"] or e["reference"] is None]
 
 
+def combine_repeats(records: list[dict]) -> list[dict]:
+    """One record per (group, config, point) out of the --repeats server instances that ran it.
+
+    A point run once is kept as is. Otherwise the record is a copy of the instance with the median output tok/s
+    (the lower median for an even count; its latencies, accept length and budget state are that instance's), its
+    'output_throughput' is the median over instances, and 'repeats' lists every instance's tok/s and accept length
+    in repeat order. Why: a CPU server instance keeps the speed it starts with (+-20 % between starts of the same
+    config), so a single start per config cannot resolve a few per cent; restarts interleaved with the other
+    configs and a median can.
+    """
+    by_key: dict[tuple, list[dict]] = {}
+    for r in records:
+        by_key.setdefault((r["group"], r["config"], r["point"]), []).append(r)
+    out = []
+    for group in by_key.values():
+        if len(group) == 1:
+            out.append(group[0])
+            continue
+        group = sorted(group, key=lambda r: r.get("repeat", 0))
+        ranked = sorted(group, key=lambda r: r.get("output_throughput") or 0.0)
+        combined = dict(ranked[(len(ranked) - 1) // 2])
+        values = [r.get("output_throughput") for r in group]
+        combined["output_throughput"] = statistics.median(v or 0.0 for v in values)
+        combined["repeats"] = {"output_throughput": values, "accept_length": [r.get("accept_length") for r in group]}
+        combined.pop("repeat", None)  # a median over instances; ratios pair it with plain's median
+        combined["failed"] = sum(r["failed"] for r in group)
+        out.append(combined)
+    return out
+
+
 def add_ratios(records: list[dict]) -> None:
     """Set 'x_plain' (output tok/s over plain's at the same group and point) on every record, in place."""
     plain = _plain_by_point(records)
     for record in records:
-        ref = plain.get((record["group"], record["point"]))
+        ref = plain.get((record["group"], record["point"], record.get("repeat", 0)))
         ok = ref is not None and ref.get("output_throughput") and record.get("output_throughput") is not None
         record["x_plain"] = record["output_throughput"] / ref["output_throughput"] if ok else None
 
@@ -132,9 +164,33 @@ def summary_table(records: list[dict], group: str) -> list[str]:
     """Rows: configs; columns: points; cells 'tok/s (x plain)'."""
     mine = [r for r in records if r["group"] == group]
     points = _points(mine, CONCURRENCY) + _points(mine, RATE)
-    cells = {(r["config"], r["point"]): f"{_num(r['output_throughput'])} ({_ratio(r['x_plain'])})" for r in mine}
+    cells = {(r["config"], r["point"]): f"{_num(r['output_throughput'])} ({_ratio(r['x_plain'])})" + _spread(r)
+             for r in mine}
     rows = [[c] + [cells.get((c, p), "–") for p in points] for c in _configs(mine)]
     return _table(["config"] + points, rows)
+
+
+def _spread(record: dict) -> str:
+    """' [lo-hi]' output tok/s over the repeats of a combined record, '' for a single run."""
+    values = [v for v in (record.get("repeats") or {}).get("output_throughput", []) if v is not None]
+    return f" [{min(values):.1f}-{max(values):.1f}]" if len(values) > 1 else ""
+
+
+def repeats_table(records: list[dict], group: str) -> list[str]:
+    """Combined records of --repeats runs: each server instance's output tok/s and the median's ratio to plain."""
+    mine = [r for r in records if r["group"] == group and r.get("repeats")]
+    if not mine:
+        return []
+    n = max(len(r["repeats"]["output_throughput"]) for r in mine)
+    rows = []
+    for r in mine:
+        values = r["repeats"]["output_throughput"]
+        lo, hi = min(v or 0.0 for v in values), max(v or 0.0 for v in values)
+        rows.append([r["config"], r["point"]] + [_num(v) for v in values] + ["–"] * (n - len(values))
+                    + [_num(r["output_throughput"]), f"{100 * (hi - lo) / r['output_throughput']:.0f}%"
+                       if r["output_throughput"] else "–", _ratio(r["x_plain"])])
+    return _table(["config", "point"] + [f"run {i + 1}" for i in range(n)] + ["median", "range / median",
+                                                                               "median × plain"], rows)
 
 
 def budget_table(records: list[dict], group: str) -> list[str]:
@@ -198,6 +254,10 @@ def markdown(records: list[dict], checks: list[dict], plain_checks: list[dict], 
     lines += _parity_lines(plain_checks, "plain") + [""]
     for group in dict.fromkeys(r["group"] for r in records):
         lines += [f"## {group}: output tok/s (× plain)", ""] + summary_table(records, group) + [""]
+        repeats = repeats_table(records, group)
+        if repeats:
+            lines += [f"### {group}: every server instance (configs restarted in turn; cells above are medians "
+                      f"[min-max])", ""] + repeats + [""]
         budgets = budget_table(records, group)
         if budgets:
             lines += [f"### {group}: budgets chosen by auto (first point includes warm-up and start-up probe)",

@@ -20,8 +20,8 @@ from serving_client import CONCURRENCY, RATE, Point, RunError, bench_argv, check
     prompt_order, sweep_points  # noqa: E402
 from serving_configs import PLAIN, ServerConfig, attached_configs, ladder_config, server_spec, \
     sweep_configs  # noqa: E402
-from serving_report import add_ratios, compare_outputs, first_difference, markdown, parity, parity_failures, \
-    plain_consistency, plot  # noqa: E402
+from serving_report import add_ratios, combine_repeats, compare_outputs, first_difference, markdown, parity, \
+    parity_failures, plain_consistency, plot  # noqa: E402
 
 from jetspec_sglang.config import ConfigError  # noqa: E402
 
@@ -281,6 +281,47 @@ def test_ratios_markdown_and_plots(tmp_path):
     assert all(p.stat().st_size > 1000 for p in written)
 
 
+def test_repeats_median_instance_ratios_and_parity_per_instance():
+    def rep(config, point, tput, k, texts=TEXTS, accept=None):
+        r = record(config, point, texts, throughput=tput, accept=accept)
+        r["repeat"] = k
+        return r
+
+    changed = list(TEXTS)
+    changed[1] = "different"
+    records = [rep(PLAIN, "c1", 30.0, 0), rep("jetspec-b16", "c1", 45.0, 0, accept=2.0),
+               rep(PLAIN, "c1", 36.0, 1), rep("jetspec-b16", "c1", 40.0, 1, accept=2.1),
+               rep(PLAIN, "c1", 33.0, 2), rep("jetspec-b16", "c1", 60.0, 2, changed, accept=2.2)]
+    add_ratios(records)
+    assert [round(r["x_plain"], 3) for r in records[1::2]] == [1.5, round(40 / 36, 3), round(60 / 33, 3)]
+    checks = parity(records)  # each instance against plain's instance of the same repeat
+    assert [(e["reference"], e["mismatches"]) for e in checks] == [("plain@c1", 0)] * 2 + [("plain@c1", 1)]
+    combined = combine_repeats(records)
+    assert len(combined) == 2 and all("repeat" not in r for r in combined)
+    plain, spec = combined
+    assert plain["output_throughput"] == 33.0 and spec["output_throughput"] == 45.0
+    assert spec["repeats"] == {"output_throughput": [45.0, 40.0, 60.0], "accept_length": [2.0, 2.1, 2.2]}
+    assert spec["accept_length"] == 2.0  # the median instance's own figures
+    add_ratios(combined)
+    assert spec["x_plain"] == pytest.approx(45 / 33)
+    even = combine_repeats(records[:4])  # two instances: median 42.5, the lower instance's details
+    assert even[1]["output_throughput"] == 42.5 and even[1]["accept_length"] == 2.1
+    single = [record(PLAIN, "c1", TEXTS)]
+    assert combine_repeats(single) == single
+    text = markdown(combined, checks, [], [], {"model": "m"})
+    assert "| jetspec-b16 | 45.0 (1.36×) [40.0-60.0] |" in text
+    assert "| jetspec-b16 | c1 | 45.0 | 40.0 | 60.0 | 45.0 | 44% | 1.36× |" in text
+
+
+def test_repeats_flag():
+    head = "jetspec_sglang/heads/smollm2-135m-instruct"
+    assert bench_serving.parse(["--cpu-quick", "--head", head]).repeats == 1
+    assert bench_serving.parse(["--cpu-quick", "--head", head, "--repeats", "3"]).repeats == 3
+    for bad in (["--repeats", "0"], ["--repeats", "2", "--attach", "plain=http://127.0.0.1:1"]):
+        with pytest.raises(SystemExit):
+            bench_serving.parse(["--cpu-quick", "--head", head] + bad)
+
+
 # ---------------------------------------------------------------- a real tiny sweep
 
 
@@ -319,3 +360,38 @@ def test_tiny_sweep_end_to_end(tmp_path):
     assert auto["budget_state"]["policy"] == "auto" and sum(auto["budget_chosen"].values()) > 0
     assert "budgets chosen by auto" in (out / "results.md").read_text()
     assert [(e["compared"], e["mismatches"]) for e in results["parity"]] == [(4, 0)] * 4
+
+
+@pytest.mark.server
+def test_tiny_sweep_with_repeats(tmp_path):
+    """--repeats 2: every config started twice in turn, a record per instance with its repeat, the combined
+    records (median and every instance) in results.json and the per-instance table in the report."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    from jetspec_sglang.draft_head import init_draft_head, save_draft_head
+    from jetspec_sglang.draft_head_config import make_draft_head_config
+    from jetspec_sglang.models import prepare_model
+
+    folder = prepare_model("tiny-qwen3")
+    tok = AutoTokenizer.from_pretrained(folder)
+    config = make_draft_head_config(AutoConfig.from_pretrained(folder), mask_token_id=tok.mask_token_id,
+                                    num_layers=1, block_size=8, target_layer_ids=[0, 2])
+    save_draft_head(init_draft_head(config), tmp_path / "head")
+    out = tmp_path / "out"
+    code = bench_serving.main(["--model", "tiny-qwen3", "--head", str(tmp_path / "head"), "--budgets", "8",
+                               "--no-chain", "--no-auto", "--concurrency", "1", "--request-rates", "--groups",
+                               "gsm8k+humaneval", "--prompts-per-dataset", "2", "--output-len", "16",
+                               "--min-prompts", "4", "--waves", "1", "--repeats", "2", "--run-timeout", "300",
+                               "--start-timeout", "300", "--out", str(out)])
+    results = json.loads((out / "results.json").read_text())
+    assert results["failures"] == [] and code == 0
+    assert sorted((r["config"], r["repeat"]) for r in results["records"]) == [
+        ("jetspec-b8", 0), ("jetspec-b8", 1), ("plain", 0), ("plain", 1)]
+    assert sorted(p.name for p in (out / "logs").glob("server_*.log")) == [
+        "server_jetspec-b8_r1.log", "server_jetspec-b8_r2.log", "server_plain_r1.log", "server_plain_r2.log"]
+    assert [e["mismatches"] for e in results["parity"]] == [0, 0]
+    combined = {r["config"]: r for r in results["combined"]}
+    spec = combined["jetspec-b8"]
+    assert len(spec["repeats"]["output_throughput"]) == 2 and spec["x_plain"] > 0
+    assert sorted(spec["repeats"]["output_throughput"])[0] <= spec["output_throughput"]
+    assert "every server instance" in (out / "results.md").read_text()
