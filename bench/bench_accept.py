@@ -1,7 +1,8 @@
 """Mean accept length (tau) of JetSpec heads on held-out prompts: causal vs bidirectional, tree vs chain.
 
     python bench/bench_accept.py --causal jetspec_sglang/heads/smollm2-135m-instruct --bidirectional DIR \
-        [--prompts 30] [--max-new-tokens 256] [--budgets 8 16 32 64 128 256] [--width 7] [--depth 15] [--out DIR]
+        [--prompts 30] [--max-new-tokens 256] [--budgets 8 16 32 64 128 256] [--width 7] [--depth 15] [--out DIR] \
+        [--tree-algos best_first accum_logp]
 
 Target: SmolLM2-135M-Instruct (fp32, HF transformers, CPU). Prompts: the evaluation splits of GSM8K, HumanEval and
 MT-Bench (never seen in training), chat template, greedy, up to --max-new-tokens. Method (jetspec_sglang/reference/
@@ -22,7 +23,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from jetspec_sglang.config import JetSpecConfig
+from jetspec_sglang.config import TREE_ALGOS, JetSpecConfig
 from jetspec_sglang.data import encode_chat, load_prompts
 from jetspec_sglang.reference import ReferenceEngine, SamplingParams
 from jetspec_sglang.reference.loading import load_head_for, load_target, resolve_target
@@ -44,6 +45,7 @@ class Args:
     out: Path
     validate: int
     batch: int
+    tree_algos: tuple = ("best_first", "accum_logp")
 
 
 def parse(argv=None) -> Args:
@@ -59,6 +61,9 @@ def parse(argv=None) -> Args:
     p.add_argument("--out", default="runs/bench_accept")
     p.add_argument("--validate", type=int, default=0, help="prompts per dataset rerun with the real engine")
     p.add_argument("--batch", type=int, default=8, help="generation batch for the greedy continuations")
+    p.add_argument("--tree-algos", nargs="+", default=["best_first", "accum_logp"], choices=TREE_ALGOS,
+                   help="tree builders to replay; the table's mode column names them (results before this flag "
+                        "existed say 'tree' for accum_logp)")
     p.add_argument("--head", action="append", default=[], metavar="NAME=DIR",
                    help="more heads to compare under their own names (repeatable), e.g. --head gpu=bench/heads/X")
     a = p.parse_args(argv)
@@ -72,7 +77,7 @@ def parse(argv=None) -> Args:
     if not heads:
         p.error("no head to score: pass --causal DIR and/or --head NAME=DIR")
     return Args(a.target, heads, a.prompts, a.max_new_tokens, tuple(a.budgets), a.width, a.depth, Path(a.out),
-                a.validate, a.batch)
+                a.validate, a.batch, tuple(dict.fromkeys(a.tree_algos)))
 
 
 @torch.inference_mode()
@@ -97,10 +102,11 @@ def continuations(model, tok, prompts: list[list[int]], max_new: int, batch: int
 
 
 def configs(args: Args, heads: list[str]) -> list[tuple[str, str, int, int]]:
-    """(head, mode, budget, width): trees at every budget and a width-1 chain of depth L per head."""
+    """(head, mode, budget, width): trees of every builder at every budget and a width-1 chain of depth L per
+    head."""
     out = []
     for head in heads:
-        out += [(head, "tree", b, args.width) for b in args.budgets]
+        out += [(head, algo, b, args.width) for algo in args.tree_algos for b in args.budgets]
         out.append((head, "chain", args.depth + 1, 1))
     return out
 
@@ -126,7 +132,8 @@ def run(args: Args) -> list[dict]:
                 tokens, logprobs = draft_all_anchors(head, taps[0], seq, anchors, args.width)
                 for cfg in (c for c in lengths if c[0] == name):
                     lengths[cfg].append(replay(traj, tokens, logprobs, cfg[2], cfg[3], args.depth,
-                                               args.max_new_tokens))
+                                               args.max_new_tokens,
+                                               tree_algo="accum_logp" if cfg[1] == "chain" else cfg[1]))
         for (name, mode, budget, width), per_request in lengths.items():
             flat = [x for r in per_request for x in r]
             rows.append({"dataset": ds, "head": name, "mode": mode, "budget": budget, "width": width,
@@ -135,7 +142,8 @@ def run(args: Args) -> list[dict]:
                          "tau_per_request_mean": sum(sum(r) / len(r) for r in per_request if r) / len(per_request)})
         if args.validate:
             validations.append(validate(model, tok, next(iter(heads.values())), prompt_ids[: args.validate], conts, args,
-                                        lengths[(next(iter(heads)), "tree", args.budgets[len(args.budgets) // 2], args.width)]))
+                                        lengths[(next(iter(heads)), args.tree_algos[0],
+                                                 args.budgets[len(args.budgets) // 2], args.width)]))
     with (args.out / "results.jsonl").open("w") as f:
         for row in rows + validations:
             f.write(json.dumps(row) + "\n")
@@ -145,8 +153,8 @@ def run(args: Args) -> list[dict]:
 def validate(model, tok, head, prompts, conts, args: Args, replayed) -> dict:
     """Rerun the real engine at one budget; its accept lengths must equal the replay's."""
     budget = args.budgets[len(args.budgets) // 2]
-    engine = ReferenceEngine(model, head, JetSpecConfig(budget=budget, depth=args.depth, width=args.width),
-                             mode="tree", tokenizer=tok)
+    engine = ReferenceEngine(model, head, JetSpecConfig(budget=budget, depth=args.depth, width=args.width,
+                                                        tree_algo=args.tree_algos[0]), mode="tree", tokenizer=tok)
     same = 0
     for prompt, replay_lengths in zip(prompts, replayed):
         result = engine.generate(prompt, SamplingParams(max_new_tokens=args.max_new_tokens))
@@ -157,17 +165,17 @@ def validate(model, tok, head, prompts, conts, args: Args, replayed) -> dict:
 def report(rows: list[dict], out: Path) -> str:
     table = [r for r in rows if "tau" in r]
     heads_modes = sorted({(r["head"], r["mode"]) for r in table})
-    budgets = sorted({r["budget"] for r in table if r["mode"] == "tree"})
+    budgets = sorted({r["budget"] for r in table if r["mode"] != "chain"})
     lines = ["| dataset | head | mode | " + " | ".join(f"N={b}" for b in budgets) + " | chain (N=L+1) |",
              "|---|---|---|" + "---|" * (len(budgets) + 1)]
     for ds in DATASETS:
         for head, mode in heads_modes:
-            if mode != "tree":
+            if mode == "chain":
                 continue
-            cells = {r["budget"]: r["tau"] for r in table if (r["dataset"], r["head"], r["mode"]) == (ds, head, "tree")}
+            cells = {r["budget"]: r["tau"] for r in table if (r["dataset"], r["head"], r["mode"]) == (ds, head, mode)}
             chain = next((r["tau"] for r in table if (r["dataset"], r["head"], r["mode"]) == (ds, head, "chain")), None)
-            lines.append(f"| {ds} | {head} | tree | " + " | ".join(f"{cells.get(b, float('nan')):.2f}" for b in budgets)
-                         + f" | {chain:.2f} |")
+            lines.append(f"| {ds} | {head} | {mode} | "
+                         + " | ".join(f"{cells.get(b, float('nan')):.2f}" for b in budgets) + f" | {chain:.2f} |")
     lines += [f"\n{r['validation']} (budget {r['budget']})" for r in rows if "validation" in r]
     text = "\n".join(lines)
     (out / "results.md").write_text(text + "\n")
@@ -184,9 +192,10 @@ def plot(table, budgets, path: Path) -> None:
     fig, axes = plt.subplots(1, len(DATASETS), figsize=(5 * len(DATASETS), 4), sharey=True)
     for ax, ds in zip(axes, DATASETS):
         for head in sorted({r["head"] for r in table}):
-            tree = sorted((r["budget"], r["tau"]) for r in table if (r["dataset"], r["head"], r["mode"]) ==
-                          (ds, head, "tree"))
-            ax.plot([b for b, _ in tree], [t for _, t in tree], marker="o", label=f"{head} tree")
+            for mode in sorted({r["mode"] for r in table if r["head"] == head and r["mode"] != "chain"}):
+                tree = sorted((r["budget"], r["tau"]) for r in table if (r["dataset"], r["head"], r["mode"]) ==
+                              (ds, head, mode))
+                ax.plot([b for b, _ in tree], [t for _, t in tree], marker="o", label=f"{head} {mode}")
             chain = [r["tau"] for r in table if (r["dataset"], r["head"], r["mode"]) == (ds, head, "chain")]
             if chain:
                 ax.axhline(chain[0], linestyle="--", color=ax.lines[-1].get_color(), label=f"{head} chain")

@@ -10,7 +10,7 @@ import dataclasses
 import os
 from dataclasses import dataclass
 
-TREE_ALGOS = ("accum_logp", "top2gap")
+TREE_ALGOS = ("accum_logp", "top2gap", "best_first")
 BACKENDS = ("auto", "torch", "triton")
 DRAFT_TOPK_DTYPES = ("auto", "model", "bfloat16")  # draft_topk.py: the dtype the draft rows are projected in
 # Largest tree SGLang's tree helpers accept (build_tree_kernel / reconstruct_indices: draft_token_num <= 1024).
@@ -28,7 +28,9 @@ class JetSpecConfig:
     budget: int = 64  # N: tree nodes per request, root included (SGLang: --speculative-num-draft-tokens)
     depth: int = 15  # L: deepest draft slot; the draft block is L + 1 (SGLang: --speculative-num-steps)
     width: int = 7  # K: per-depth top-k shared by every parent at that depth (JETSPEC_TREE_WIDTH)
-    tree_algo: str = "accum_logp"  # "accum_logp" (paper default) or "top2gap" (per-depth fanout cap)
+    # "best_first" (per-node heap, the default: docs/tree-builders.md), "accum_logp" (the paper's: per-expansion),
+    # "top2gap" (accum_logp with per-depth fan-out caps)
+    tree_algo: str = "best_first"
     top2gap_beta: float = 2.0  # top2gap: cap_d = max(1, round(K * sigmoid(-beta * (gap_d - gap0))))
     top2gap_gap0: float = 1.0
     backend: str = "auto"  # ops dispatch: "auto" = Triton on CUDA tensors, PyTorch twins elsewhere

@@ -1,7 +1,7 @@
 """`python -m jetspec_sglang.generate`: one prompt through the HF reference engine; prints the text and the metrics.
 
     python -m jetspec_sglang.generate --target smollm2 --prompt "What is 12 * 7?" [--draft DIR] [--mode tree]
-        [--budget 64 --width 7 --depth 15 --tree-algo accum_logp] [--temperature 0 --top-p 1 --top-k 0]
+        [--budget 64 --width 7 --depth 15 --tree-algo best_first] [--temperature 0 --top-p 1 --top-k 0]
         [--max-new-tokens 128 --seed 0 --stop STR] [--chat/--no-chat] [--json] [--threads 1]
 
 --target: a model folder or smollm2 / tiny-qwen3 / tiny-llama (prepared offline by jetspec_sglang.models).

@@ -60,11 +60,13 @@ def _interpreting() -> bool:
 
 
 def build_tree(topk_tokens_BLK, topk_logprobs_BLK, root_tokens_B, budget, fanout_caps_BL=None,
-               backend="auto") -> DraftTree:
-    """`tree.build_tree` (same arguments, same trees as `tree.build_tree_ref`) or `kernels.tree_build`."""
+               backend="auto", best_first=False) -> DraftTree:
+    """`tree.build_tree` (same arguments, same trees as `tree.build_tree_ref`) or `kernels.tree_build`.
+
+    best_first has no Triton kernel: it always runs `tree.build_tree` (on CUDA without a host read)."""
     tree.check_tree_inputs(topk_tokens_BLK, topk_logprobs_BLK, root_tokens_B, budget, fanout_caps_BL)
-    if resolve_backend(topk_logprobs_BLK, backend) == "torch":
-        return tree.build_tree(topk_tokens_BLK, topk_logprobs_BLK, root_tokens_B, budget, fanout_caps_BL)
+    if best_first or resolve_backend(topk_logprobs_BLK, backend) == "torch":
+        return tree.build_tree(topk_tokens_BLK, topk_logprobs_BLK, root_tokens_B, budget, fanout_caps_BL, best_first)
     from jetspec_sglang.kernels.tree_build import tree_build
 
     caps = None if fanout_caps_BL is None else fanout_caps_BL.contiguous()

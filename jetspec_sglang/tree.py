@@ -1,8 +1,9 @@
 """Draft trees: DraftTree, the exact heap reference (`build_tree_ref`) and the batched torch builder (`build_tree`).
 
 Follows the official `accum_logp` builder (jetspec/tree/baselines/accum_logp.py; jetspec-method.md 4.2) and its
-`top2gap` fan-out-capped variant (4.4). Pure torch; imports only config-free helpers. Words (draft, budget, width,
-depth) are defined in verify.py.
+`top2gap` fan-out-capped variant (4.4), plus this project's `best_first` (node-granular: the tree is the `budget`
+best nodes of the virtual tree, so no budget goes to the low siblings of an expanded node; docs/method.md).
+Pure torch; imports only config-free helpers. Words (draft, budget, width, depth) are defined in verify.py.
 """
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ LOGPROB_FLOOR = -1e30
 class DraftTree:
     """A batch of draft trees, N node slots per request (N = budget).
 
-    Node order is insertion order: parents precede children, siblings are consecutive and in rank order.
+    Node order is insertion order: parents precede children and siblings are in rank order (consecutive for
+    accum_logp/top2gap; best_first inserts nodes in pop order, so siblings may interleave with other nodes).
     Slots n >= num_nodes_B[b] are padding: detached (NO_PARENT, depth 0), never reachable from the root.
     """
 
@@ -74,8 +76,9 @@ def build_tree_ref(
     root_token: int,
     budget: int,
     fanout_caps_L: torch.Tensor | None = None,
+    best_first: bool = False,
 ) -> DraftTree:
-    """One request, the official heap exactly; returns a DraftTree with B = 1.
+    """One request, the official heap exactly (`best_first`: the node-granular heap); a DraftTree with B = 1.
 
     Pop the highest cumulative log-prob (ties: earliest insertion); a node at depth L is popped and skipped;
     otherwise append its min(cap_d, K, budget - n) best children at once, in rank order.
@@ -87,6 +90,8 @@ def build_tree_ref(
     check_no_nan(topk_logprobs_LK)
     top_lp = topk_logprobs_LK.double().clamp(LOGPROB_FLOOR, 0.0).tolist()  # host float64, like the official builder
     caps = [K] * L if fanout_caps_L is None else [max(1, min(int(c), K)) for c in fanout_caps_L.tolist()]
+    if best_first:
+        return _best_first_ref(top_tok, top_lp, caps, int(root_token), budget, topk_tokens_LK.device)
     tokens, parents, depths, cums = [int(root_token)], [NO_PARENT], [0], [0.0]
     heap = [(-0.0, 0, 0)]  # (negated score, insertion counter, node index)
     counter = 0
@@ -103,11 +108,42 @@ def build_tree_ref(
             cums.append(c)
             counter += 1
             heapq.heappush(heap, (-c, counter, len(tokens) - 1))
+    return _single_tree(tokens, parents, depths, cums, int(root_token), budget, topk_tokens_LK.device)
+
+
+def _best_first_ref(top_tok: list, top_lp: list, caps: list, root_token: int, budget: int, device) -> DraftTree:
+    """The node-granular heap: a node joins the tree when it is popped, not when its parent is expanded.
+
+    The heap holds candidates; popping one appends it (its id = pop position) and pushes its min(cap_d, K)
+    children (depth < L). Ties pop in push order, i.e. (parent's pop position, rank), the order of accum_logp's
+    heap. So the tree is the `budget` best nodes of the virtual tree (scores fall along every path). Worked
+    example (L=2, K=2, budget 4; depth-1 a:-0.1 b:-2.4; depth-2 c:-0.5 e:-1.0): pops root, a (-0.1), c under a
+    (-0.6), e under a (-1.1): tokens [root, a, c, e], parents [-1, 0, 1, 1] (accum_logp: [root, a, b, c]).
+    """
+    L = len(top_lp)
+    tokens, parents, depths, cums = [], [], [], []
+    heap = [(-0.0, 0, root_token, NO_PARENT, 0)]  # (negated score, push counter, token, parent id, depth)
+    counter = 0
+    while heap and len(tokens) < budget:
+        neg, _, token, parent, d = heapq.heappop(heap)
+        tokens.append(token)
+        parents.append(parent)
+        depths.append(d)
+        cums.append(-neg)
+        if d >= L:
+            continue
+        for j in range(caps[d]):
+            counter += 1
+            heapq.heappush(heap, (neg - top_lp[d][j], counter, int(top_tok[d][j]), len(tokens) - 1, d + 1))
+    return _single_tree(tokens, parents, depths, cums, root_token, budget, device)
+
+
+def _single_tree(tokens, parents, depths, cums, root_token: int, budget: int, device) -> DraftTree:
+    """A B = 1 DraftTree from node lists, padded to `budget` slots."""
     n = len(tokens)
     pad = budget - n
-    device = topk_tokens_LK.device
     return DraftTree(
-        tokens_BN=torch.tensor([tokens + [int(root_token)] * pad], dtype=torch.int64, device=device),
+        tokens_BN=torch.tensor([tokens + [root_token] * pad], dtype=torch.int64, device=device),
         parents_BN=torch.tensor([parents + [NO_PARENT] * pad], dtype=torch.int64, device=device),
         depth_BN=torch.tensor([depths + [0] * pad], dtype=torch.int64, device=device),
         num_nodes_B=torch.tensor([n], dtype=torch.int64, device=device),
@@ -121,12 +157,13 @@ def build_tree_batch_ref(
     root_tokens_B: torch.Tensor,
     budget: int,
     fanout_caps_BL: torch.Tensor | None = None,
+    best_first: bool = False,
 ) -> DraftTree:
     """`build_tree_ref` looped over the batch: the slow twin of `build_tree`."""
     trees = [
         build_tree_ref(
             topk_tokens_BLK[b], topk_logprobs_BLK[b], int(root_tokens_B[b]), budget,
-            None if fanout_caps_BL is None else fanout_caps_BL[b],
+            None if fanout_caps_BL is None else fanout_caps_BL[b], best_first,
         )
         for b in range(topk_tokens_BLK.shape[0])
     ]
@@ -169,6 +206,7 @@ def build_tree(
     root_tokens_B: torch.Tensor,
     budget: int,
     fanout_caps_BL: torch.Tensor | None = None,
+    best_first: bool = False,
 ) -> DraftTree:
     """The trees of `build_tree_ref` for a whole batch, in vectorised torch (loops over depth, never over nodes).
 
@@ -178,16 +216,21 @@ def build_tree(
     The fast path (`tree_batched.build_tree_topk`) uses top-k, whose order of exactly equal scores is
     unspecified; when it cannot restore the heap's order of a tie (or rows are not in rank order) it hands the
     batch to `tree_exact.build_tree_exact`, which orders ties like the heap. Either way the result equals the
-    reference.
+    reference. `best_first` builds the node-granular trees (`_best_first_ref`); on CUDA tensors it goes straight
+    to the exact path, which reads nothing back to the host (the fast path's tie check would, every step; a
+    parent and its child tie whenever a draft log-prob rounds to 0, so ties cannot be left to top-k).
     """
     from jetspec_sglang.tree_batched import build_tree_topk
 
     check_tree_inputs(topk_tokens_BLK, topk_logprobs_BLK, root_tokens_B, budget, fanout_caps_BL)
-    tree = build_tree_topk(topk_tokens_BLK, topk_logprobs_BLK, root_tokens_B, budget, fanout_caps_BL)
+    tree = None
+    if not (best_first and topk_logprobs_BLK.is_cuda):
+        tree = build_tree_topk(topk_tokens_BLK, topk_logprobs_BLK, root_tokens_B, budget, fanout_caps_BL, best_first)
     if tree is None:  # an unresolved exact tie (rare) or unsorted rows
         from jetspec_sglang.tree_exact import build_tree_exact
 
-        tree = build_tree_exact(topk_tokens_BLK, topk_logprobs_BLK, root_tokens_B, budget, fanout_caps_BL)
+        tree = build_tree_exact(topk_tokens_BLK, topk_logprobs_BLK, root_tokens_B, budget, fanout_caps_BL,
+                                best_first)
     return tree
 
 

@@ -20,6 +20,7 @@ def build_tree_topk(
     root_tokens_B: torch.Tensor,
     budget: int,
     fanout_caps_BL: torch.Tensor | None = None,
+    best_first: bool = False,
 ) -> DraftTree | None:
     """Build the reference trees with top-k instead of a heap; None when that could differ from the heap: rows not
     in rank order, NaN, or an exact score tie that the fast path cannot order (top-k orders equal values
@@ -38,6 +39,8 @@ def build_tree_topk(
     N = budget
     if N == 1:
         return empty_tree(root_tokens_B, 1)
+    if best_first:
+        return _build_lists(topk_tokens_BLK, topk_logprobs_BLK, root_tokens_B, N, fanout_caps_BL, best_first=True)
     if fanout_caps_BL is None and _fills_budget(L, K, N):
         plan = _full_plan(-(-(N - 1) // K), K, L, topk_tokens_BLK.device)
         if plan is not None:  # None: too many candidates (large budget, small K); per-depth lists are cheaper
@@ -107,13 +110,18 @@ def _resolve_ties(top_FB, g_FB, tie_FB, E, plan, L):
     return None  # not reached: L + 1 rounds settle every chain of ancestors
 
 
-def _build_lists(topk_tokens_BLK, topk_logprobs_BLK, root_tokens_B, N, fanout_caps_BL) -> DraftTree | None:
+def _build_lists(topk_tokens_BLK, topk_logprobs_BLK, root_tokens_B, N, fanout_caps_BL,
+                 best_first: bool = False) -> DraftTree | None:
     """Any caps, any virtual tree size: per depth a top-k keeps the best nodes of that depth (`_plan`), then the
-    best E of all lists. Capped-off and missing nodes are -inf."""
+    best E of all lists. Capped-off and missing nodes are -inf. best_first: the best N pops are the nodes
+    themselves, so E = N and the lists run one depth further (to depth L)."""
     B, L, K = topk_tokens_BLK.shape
     device = topk_tokens_BLK.device
-    E = -(-(N - 1) // K) if fanout_caps_BL is None else N - 1
-    plan = _plan(E, K, L, device)
+    if best_first:
+        E = N
+    else:
+        E = -(-(N - 1) // K) if fanout_caps_BL is None else N - 1
+    plan = _plan(E, K, L + 1 if best_first else L, device)
     lp_L1KB, ordered = _clamped_logprobs(topk_logprobs_BLK, plan.zero_11)
     # candidates of every depth [D*C, B]; padding (and capped-off) candidates are -inf (adds beat masked_fill)
     lp_TB = lp_L1KB.view(L * (K + 1), B).index_select(0, plan.lp_row_T).add_(plan.pad_bias_T1)
@@ -145,9 +153,12 @@ def _build_lists(topk_tokens_BLK, topk_logprobs_BLK, root_tokens_B, N, fanout_ca
     # candidate-table row of each expansion -> (grid row of its parent, its rank, its depth)
     cand_EB = (picks_XB + plan.cand_offset_X1).gather(0, exp_g_EB)
     parent_g_EB, rank_EB, exp_depth_EB = plan.cand_table_T3[cand_EB].unbind(-1)
-    # 3. lay out the children.
+    # 3. lay out the children (best_first: the pops themselves).
     pos_XB = torch.full((plan.X + 1, B), -1, dtype=torch.int64, device=device)  # the root's parent: X -> -1
     pos_XB.scatter_(0, exp_g_EB, plan.arange_E1[:Ee].expand(Ee, B))
+    if best_first:
+        return assemble_best_first(topk_tokens_BLK, root_tokens_B, N, torch.isfinite(exp_score_BE), exp_depth_EB.T,
+                                   exp_score_BE, pos_XB.gather(0, parent_g_EB).T, rank_EB.T)
     caps_BL = fanout_caps_BL if fanout_caps_BL is not None else torch.full((B, L), K, device=device)
     return assemble_scatter(topk_tokens_BLK, lp_L1KB[:, 1:].permute(2, 0, 1), caps_BL, root_tokens_B, N,
                             torch.isfinite(exp_score_BE), exp_depth_EB.T, exp_score_BE, pos_XB.gather(0, parent_g_EB).T,
@@ -201,6 +212,28 @@ def assemble_scatter(topk_tokens_BLK, lp_BLK, caps_BL, root_tokens_B, N, valid_B
     cum = tree.cum_logprobs_BN.double().scatter(1, flat, cum_BEK.reshape(B, -1))
     num_nodes_B = torch.clamp(1 + caps_BE.sum(1), max=N)
     return DraftTree(tokens[:, :N], parents[:, :N], depth[:, :N], num_nodes_B, cum[:, :N].float())
+
+
+def assemble_best_first(topk_tokens_BLK, root_tokens_B, N, valid_BE, depth_BE, score_BE, parent_pos_BE,
+                        rank_BE) -> DraftTree:
+    """best_first layout: pop e (root first) is node e; its token is row depth-1, rank j of the top-k table.
+    Pops past the valid ones (capped off or missing: fewer than N nodes exist) become padding."""
+    B, L, K = topk_tokens_BLK.shape
+    E = depth_BE.shape[1]
+    row_BE = (depth_BE - 1).clamp(min=0) * K + rank_BE
+    token_BE = topk_tokens_BLK.to(torch.int64).reshape(B, L * K).gather(1, row_BE)
+    root_B1 = root_tokens_B.to(torch.int64)[:, None]
+    tokens = torch.where(valid_BE & (depth_BE > 0), token_BE, root_B1)
+    parents = torch.where(valid_BE, parent_pos_BE, NO_PARENT)
+    depth = torch.where(valid_BE, depth_BE, 0)
+    cum = torch.where(valid_BE, score_BE, -math.inf).float()
+    if E < N:
+        pad = N - E
+        tokens = torch.cat([tokens, root_B1.expand(B, pad)], 1)
+        parents = torch.cat([parents, parents.new_full((B, pad), NO_PARENT)], 1)
+        depth = torch.cat([depth, depth.new_zeros(B, pad)], 1)
+        cum = torch.cat([cum, cum.new_full((B, pad), -math.inf)], 1)
+    return DraftTree(tokens, parents, depth, valid_BE.sum(1), cum)
 
 
 def _fills_budget(L: int, K: int, N: int) -> bool:

@@ -29,8 +29,8 @@ def _target_choices(tree, salt: int, V: int):
 
 @settings(max_examples=60, deadline=None)
 @given(L=st.integers(1, 6), K=st.integers(1, 4), N=st.integers(2, 40), seed=st.integers(0, 10**6),
-       top2gap=st.booleans())
-def test_smaller_budget_accepts_the_path_prefix_below_it(L, K, N, seed, top2gap):
+       top2gap=st.booleans(), best_first=st.booleans())
+def test_smaller_budget_accepts_the_path_prefix_below_it(L, K, N, seed, top2gap, best_first):
     """Tree(n) = first n nodes of tree(N), and greedy acceptance in tree(n) = the nodes of tree(N)'s accepted
     path with id < n: one step at N gives the accept length of every n <= N (AcceptanceModel)."""
     gen = torch.Generator().manual_seed(seed)
@@ -39,15 +39,15 @@ def test_smaller_budget_accepts_the_path_prefix_below_it(L, K, N, seed, top2gap)
     lp_1LK = torch.log_softmax(torch.randn(1, L, V, generator=gen), -1)[..., :K].sort(-1, descending=True).values
     caps = top2gap_fanout_caps(lp_1LK, K, 2.0, 1.0) if top2gap else None
     root = torch.tensor([0])
-    big = build_tree(tok_1LK, lp_1LK, root, N, caps)
+    big = build_tree(tok_1LK, lp_1LK, root, N, caps, best_first)
     target = _target_choices(big, seed, V)
     path = accept_greedy(big.tokens_BN, big.parents_BN, big.depth_BN, target, L).path_BP[0].tolist()
     for n in range(1, N + 1):
-        small = build_tree(tok_1LK, lp_1LK, root, n, caps)
+        small = build_tree(tok_1LK, lp_1LK, root, n, caps, best_first)
         real = min(n, int(small.num_nodes_B[0]))
         assert small.tokens_BN[0, :real].tolist() == big.tokens_BN[0, :real].tolist()
         assert small.parents_BN[0, :real].tolist() == big.parents_BN[0, :real].tolist()
-        ref = build_tree_ref(tok_1LK[0], lp_1LK[0], 0, n, None if caps is None else caps[0])
+        ref = build_tree_ref(tok_1LK[0], lp_1LK[0], 0, n, None if caps is None else caps[0], best_first)
         assert small.parents_BN.tolist() == ref.parents_BN.tolist()
         got = accept_greedy(small.tokens_BN, small.parents_BN, small.depth_BN, target[:, :n], L).accept_lens_B
         assert int(got[0]) == 1 + sum(1 for i in path if 0 < i < n), f"n={n} path={path}"

@@ -16,7 +16,7 @@ from jetspec_sglang.config import (
 
 def test_defaults_are_valid_and_frozen():
     cfg = JetSpecConfig()
-    assert (cfg.budget, cfg.depth, cfg.width, cfg.tree_algo, cfg.backend) == (64, 15, 7, "accum_logp", "auto")
+    assert (cfg.budget, cfg.depth, cfg.width, cfg.tree_algo, cfg.backend) == (64, 15, 7, "best_first", "auto")
     assert cfg.budget_ladder == ()
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.budget = 8

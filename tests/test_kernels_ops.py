@@ -28,6 +28,19 @@ def test_backend_resolution(monkeypatch):
     assert ops.resolve_backend(cpu, "triton") == "triton"
 
 
+def test_best_first_has_no_kernel_and_takes_the_torch_builder(monkeypatch):
+    """best_first on any backend is tree.build_tree (no Triton twin): even 'triton' without the interpreter builds
+    the reference tree instead of raising."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    gen = torch.Generator().manual_seed(1)
+    lp, tokens = torch.log_softmax(torch.randn(2, 5, 30, generator=gen), -1).topk(4, -1)
+    root = torch.tensor([3, 4])
+    want = tree.build_tree_batch_ref(tokens, lp, root, 10, best_first=True)
+    for backend in ("auto", "torch", "triton"):
+        got = ops.build_tree(tokens, lp, root, 10, backend=backend, best_first=True)
+        assert torch.equal(got.tokens_BN, want.tokens_BN) and torch.equal(got.parents_BN, want.parents_BN)
+
+
 def test_torch_backend_is_the_twins():
     gen = torch.Generator().manual_seed(0)
     lp, tokens = torch.log_softmax(torch.randn(2, 4, 20, generator=gen), -1).topk(3, -1)

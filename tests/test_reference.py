@@ -96,7 +96,8 @@ def test_speculative_greedy_equals_autoregressive(targets, arch, causal):
     prompt = prompt_ids(tok)
     expected = ar_tokens(target, prompt, GREEDY.max_new_tokens)
     configs = [JetSpecConfig(budget=b, width=w, depth=d) for b in (1, 2, 8, 64) for w in (1, 7) for d in (3, 7)]
-    configs += [JetSpecConfig(budget=b, width=7, depth=7, tree_algo="top2gap") for b in (8, 64)]
+    configs += [JetSpecConfig(budget=b, width=7, depth=7, tree_algo=a) for b in (8, 64)
+                for a in ("top2gap", "accum_logp")]
     for config in configs:
         result = ReferenceEngine(target, head, config, eos_token_ids=()).generate(prompt, GREEDY)
         assert result.token_ids == expected, config
@@ -121,6 +122,7 @@ ORACLE_CONFIGS = {
     "chain8": JetSpecConfig(budget=8, width=1, depth=7),
     "tree2": JetSpecConfig(budget=2, width=7, depth=3),
     "top2gap16": JetSpecConfig(budget=16, width=7, depth=7, tree_algo="top2gap"),
+    "accum64": JetSpecConfig(budget=64, width=7, depth=7, tree_algo="accum_logp"),
 }
 
 
@@ -286,9 +288,9 @@ def test_sampled_first_two_tokens_follow_the_target_distribution():
 def test_incremental_head_cache_equals_recomputing_the_whole_context(targets, causal):
     target, tok = targets("qwen3")
     config = JetSpecConfig(budget=16, width=3, depth=7)
-    engine, reference, oracle = oracle_run(target, tok, config, causal=causal)
+    engine, reference, oracle = oracle_run(target, tok, config, n_new=60, causal=causal)
     prompt = prompt_ids(tok)
-    result = engine.generate(prompt, SamplingParams(max_new_tokens=30))
+    result = engine.generate(prompt, SamplingParams(max_new_tokens=60))
     committed = prompt + result.token_ids
     head = oracle.head
     with torch.no_grad():  # taps of a plain causal forward over everything committed

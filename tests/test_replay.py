@@ -35,13 +35,14 @@ def _trajectory(target, head, prompt, cont):
     return Trajectory(seq, len(prompt), out.logits[0].argmax(-1)), taps[0]
 
 
+@pytest.mark.parametrize("algo", ["best_first", "accum_logp"])
 @pytest.mark.parametrize("budget,width", [(8, 3), (16, 7), (8, 1)])
-def test_replay_equals_engine_with_real_acceptance(setup, budget, width):
+def test_replay_equals_engine_with_real_acceptance(setup, budget, width, algo):
     target, head, prompt, cont = setup
     L = head.config.depth
     oracle = OracleDraft(head, prompt + cont)
-    engine = ReferenceEngine(target, oracle, JetSpecConfig(budget=budget, width=width, depth=L), "tree",
-                             eos_token_ids=())
+    engine = ReferenceEngine(target, oracle, JetSpecConfig(budget=budget, width=width, depth=L, tree_algo=algo),
+                             "tree", eos_token_ids=())
     result = engine.generate(prompt, SamplingParams(max_new_tokens=N_NEW))
     assert result.token_ids == cont
     assert max(result.metrics["accept_lens"]) > 2, "the oracle must make multi-token rounds happen"
@@ -53,7 +54,7 @@ def test_replay_equals_engine_with_real_acceptance(setup, budget, width):
         t, lp = draft_topk(oracle.draft_logits(cache, traj.seq_T[p: p + 1]), width)
         tokens.append(t[0])
         logprobs.append(lp[0])
-    replayed = replay(traj, torch.stack(tokens), torch.stack(logprobs), budget, width, L, N_NEW)
+    replayed = replay(traj, torch.stack(tokens), torch.stack(logprobs), budget, width, L, N_NEW, tree_algo=algo)
     assert replayed == result.metrics["accept_lens"]
 
 

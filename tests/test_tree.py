@@ -324,6 +324,96 @@ def test_width_one_is_a_chain():
     torch.testing.assert_close(tree.cum_logprobs_BN[:, 1:], lp[:, :, 0].double().cumsum(1).float(), rtol=0, atol=0)
 
 
+# ---------------------------------------------------------------- best_first (node-granular heap)
+
+
+def best_first_oracle(tok_LK: list, lp_LK: list, root: int, budget: int):
+    """Independent of the heap: enumerate the whole virtual tree, keep the `budget` best scores. Only for tie-free
+    log-probs (then the order is the score order, parents first). Returns (tokens, parents, depths, cums)."""
+    L, K = len(tok_LK), len(tok_LK[0])
+    nodes = [((), 0.0)]  # (rank path, score)
+    frontier = [((), 0.0)]
+    for d in range(L):
+        frontier = [(path + (j,), score + min(float(lp_LK[d][j]), 0.0)) for path, score in frontier for j in range(K)]
+        nodes += frontier
+    nodes.sort(key=lambda x: (-x[1], len(x[0])))  # a parent ties its child only at log-prob 0: parent first
+    kept = nodes[:budget]
+    index = {path: i for i, (path, _) in enumerate(kept)}
+    tokens = [root] + [int(tok_LK[len(p) - 1][p[-1]]) for p, _ in kept[1:]]
+    parents = [NO_PARENT] + [index[p[:-1]] for p, _ in kept[1:]]
+    return tokens, parents, [len(p) for p, _ in kept], [s for _, s in kept]
+
+
+@settings(max_examples=200, **SETTINGS)
+@given(L=st.integers(1, 4), K=st.integers(1, 4), N=st.integers(1, 60), seed=st.integers(0, 2**31 - 1))
+def test_best_first_is_the_top_budget_nodes_of_the_virtual_tree(L, K, N, seed):
+    tok, lp, root = make_inputs(1, L, K, "continuous", seed)
+    tokens, parents, depths, cums = best_first_oracle(tok[0].tolist(), lp[0].tolist(), int(root[0]), N)
+    tree = build_tree_ref(tok[0], lp[0], int(root[0]), N, best_first=True)
+    n = len(tokens)
+    assert tree.num_nodes_B.tolist() == [n] and n == min(N, virtual_size(L, K))
+    assert tree.tokens_BN[0, :n].tolist() == tokens and tree.parents_BN[0, :n].tolist() == parents
+    assert tree.depth_BN[0, :n].tolist() == depths
+    assert torch.equal(tree.cum_logprobs_BN[0, :n], torch.tensor(cums, dtype=torch.float32))
+
+
+def test_best_first_worked_example():
+    """tree.py's example: depth-1 a:-0.1 b:-2.4; depth-2 c:-0.5 e:-1.0. Budget 4: root, a, c (-0.6), e (-1.1);
+    accum_logp spends a slot on b (-2.4) instead. Budget 6 adds b (-2.4), then c under b (-2.9)."""
+    a, b, c, e, root = 11, 12, 13, 14, 99
+    tok = torch.tensor([[[a, b], [c, e]]])
+    lp = torch.tensor([[[-0.1, -2.4], [-0.5, -1.0]]])
+    for builder in (build_tree_batch_ref, build_tree, build_tree_exact, build_tree_topk):
+        tree = builder(tok, lp, torch.tensor([root]), 4, None, True)
+        assert tree.tokens_BN.tolist() == [[root, a, c, e]] and tree.parents_BN.tolist() == [[-1, 0, 1, 1]]
+        tree = builder(tok, lp, torch.tensor([root]), 6, None, True)
+        assert tree.tokens_BN.tolist() == [[root, a, c, e, b, c]], builder.__name__
+        assert tree.parents_BN.tolist() == [[-1, 0, 1, 1, 0, 4]] and tree.depth_BN.tolist() == [[0, 1, 2, 2, 1, 2]]
+    assert build_tree(tok, lp, torch.tensor([root]), 4).tokens_BN.tolist() == [[root, a, b, c]]  # accum_logp
+
+
+@settings(max_examples=500, **SETTINGS)
+@given(case=cases(max_N=120), capped=st.booleans())
+def test_best_first_batched_builders_equal_ref(case, capped):
+    B, L, K, N, mode, seed, int32 = case
+    tok, lp, root = make_inputs(B, L, K, mode, seed, int32)
+    caps = top2gap_fanout_caps(lp, K, 2.0, 1.0) if capped else None
+    want = build_tree_batch_ref(tok, lp, root, N, caps, best_first=True)
+    assert_tree_equal(build_tree(tok, lp, root, N, caps, best_first=True), want, f"build_tree {case}")
+    assert_tree_equal(build_tree_exact(tok, lp, root, N, caps, best_first=True), want, f"exact {case}")
+    fast = build_tree_topk(tok, lp, root, N, caps, best_first=True)
+    if fast is not None:
+        assert_tree_equal(fast, want, f"topk {case}")
+    # structure: parents first, depth + 1, scores fall along paths, siblings distinct and in rank order
+    for b in range(B):
+        n = int(want.num_nodes_B[b])
+        parents, depth, tokens = want.parents_BN[b].tolist(), want.depth_BN[b].tolist(), want.tokens_BN[b].tolist()
+        kids = {}
+        for i in range(1, n):
+            assert 0 <= parents[i] < i and depth[i] == depth[parents[i]] + 1 <= L
+            kids.setdefault(parents[i], []).append(i)
+        for p, ids in kids.items():
+            row = tok[b, depth[p]].tolist()
+            ranks = [row.index(tokens[i]) for i in ids]
+            assert len(set(ranks)) == len(ranks), "siblings are distinct"
+            if mode != "unsorted":  # rows as given pop by score, not by rank
+                assert ranks == list(range(len(ids))), "a node's children are the first ranks of its row, in order"
+
+
+@settings(max_examples=200, **SETTINGS)
+@given(case=cases(max_N=100))
+def test_best_first_holds_at_least_the_draft_mass_of_accum_logp(case):
+    """Under the draft's own model a node is reached with probability exp(cum); best_first maximises the sum over
+    the tree (the `budget` best nodes), so it never holds less than accum_logp's tree of the same budget."""
+    B, L, K, N, mode, seed, int32 = case
+    if mode == "unsorted":
+        return
+    tok, lp, root = make_inputs(B, L, K, mode, seed, int32)
+    best = build_tree(tok, lp, root, N, best_first=True).cum_logprobs_BN.double().exp().sum(1)
+    accum = build_tree(tok, lp, root, N).cum_logprobs_BN.double().exp().sum(1)
+    assert bool((best >= accum - 1e-9).all()), (best.tolist(), accum.tolist())
+
+
 # ---------------------------------------------------------------- draft_topk, top2gap caps, input checks
 
 

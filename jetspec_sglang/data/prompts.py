@@ -1,8 +1,8 @@
 """Benchmark prompt formats (jetspec-method.md 10.8) and their rendering with a target's chat template.
 
 One user turn per prompt: GSM8K adds the step-by-step/boxed suffix, HumanEval (and pycode, its stdlib-cut
-twin) wraps the prompt in the "Write a solution ..." request, MT-Bench and ShareGPT use the first user turn as is. `render_chat` applies the
-tokenizer's own chat template with add_generation_prompt=True (enable_thinking=False, as JetSpec's benchmark
+twin) wraps the prompt in the "Write a solution ..." request, MT-Bench and ShareGPT use the first user turn as
+is. `render_chat` applies the tokenizer's own chat template with add_generation_prompt=True (enable_thinking=False, as JetSpec's benchmark
 passes for Qwen3; templates that do not use the flag ignore it). Imports no sglang.
 """
 from __future__ import annotations

@@ -159,7 +159,8 @@ class JetSpecWorker(DFlashWorkerV2):
             if self.jetspec.tree_algo == "top2gap":
                 caps_BL = top2gap_fanout_caps(logprobs_BLK, self.jetspec.width, self.jetspec.top2gap_beta,
                                               self.jetspec.top2gap_gap0)
-            tree = ops.build_tree(tokens_BLK, logprobs_BLK, bonus_B, N, caps_BL, backend=backend)
+            tree = ops.build_tree(tokens_BLK, logprobs_BLK, bonus_B, N, caps_BL, backend=backend,
+                                  best_first=self.jetspec.tree_algo == "best_first")
         if prof:
             prof.lap("tree_build")
         tm = ops.build_tree_mask(tree.parents_BN, tree.depth_BN, prefix_B, max_depth=L, backend=backend)

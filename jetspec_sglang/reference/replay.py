@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from jetspec_sglang import ops
+from jetspec_sglang.config import JetSpecConfig
 from jetspec_sglang.draft_head import DraftHead, block_positions, build_block_mask, make_block_ids
 from jetspec_sglang.tree import top2gap_fanout_caps
 
@@ -64,7 +65,8 @@ def draft_all_anchors(head: DraftHead, taps_TF: torch.Tensor, seq_T: torch.Tenso
 
 
 def replay(traj: Trajectory, tokens_ALK: torch.Tensor, logprobs_ALK: torch.Tensor, budget: int, width: int,
-           depth: int, max_new_tokens: int, tree_algo: str = "accum_logp", beta: float = 2.0, gap0: float = 1.0
+           depth: int, max_new_tokens: int, tree_algo: str = JetSpecConfig.tree_algo, beta: float = 2.0,
+           gap0: float = 1.0
            ) -> list[int]:
     """Accept lengths (accepted drafts + 1) of every round of one request, in order.
 
@@ -79,7 +81,8 @@ def replay(traj: Trajectory, tokens_ALK: torch.Tensor, logprobs_ALK: torch.Tenso
         tok_1LK = tokens_ALK[p - P, :depth, :width][None]
         lp_1LK = logprobs_ALK[p - P, :depth, :width][None]
         caps = top2gap_fanout_caps(lp_1LK, width, beta, gap0) if tree_algo == "top2gap" else None
-        tree = ops.build_tree(tok_1LK, lp_1LK, seq_T[p: p + 1], budget, caps, backend="torch")
+        tree = ops.build_tree(tok_1LK, lp_1LK, seq_T[p: p + 1], budget, caps, backend="torch",
+                              best_first=tree_algo == "best_first")
         d_N = tree.depth_BN[0]
         pos_N = (p + d_N).clamp(max=end)
         on_seq_N = (tree.tokens_BN[0] == seq_T[pos_N]) & (p + d_N <= end) & (tree.parents_BN[0] >= 0)

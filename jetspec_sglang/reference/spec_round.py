@@ -82,7 +82,7 @@ def speculative_round(target: nn.Module, head: Drafter, state: DecodeState, conf
         if config.tree_algo == "top2gap":
             caps_BL = top2gap_fanout_caps(topk_logprobs_BLK, width, config.top2gap_beta, config.top2gap_gap0)
         tree = ops.build_tree(topk_tokens_BLK, topk_logprobs_BLK, anchor_B, config.budget, caps_BL,
-                              backend=config.backend)
+                              backend=config.backend, best_first=config.tree_algo == "best_first")
         n = int(tree.num_nodes_B[0])  # batch 1: drop the padding slots instead of verifying them
         tokens_BN, parents_BN, depth_BN = tree.tokens_BN[:, :n], tree.parents_BN[:, :n], tree.depth_BN[:, :n]
 
