@@ -27,6 +27,12 @@ GPU (Qwen3-8B bf16; servers and client run with HF_HUB_OFFLINE=1, so download fi
         --server-args "--attention-backend flashinfer --speculative-draft-attention-backend flashinfer" \
         --out runs/bench_serving_qwen3_8b
 
+Server instances on a CPU differ (+-20 % step time between starts of the same config, each keeping the speed it
+starts with): `--repeats R` starts every config R times, the configs taking turns, and reports the median
+instance with the range; ratios are median over median, parity is checked per instance:
+    python bench/bench_serving.py --cpu-quick --head jetspec_sglang/heads/smollm2-135m-instruct --budgets 8 16 \
+        --no-chain --concurrency 1 --request-rates --groups gsm8k+humaneval --repeats 5 --out runs/serving_c1_r5
+
 Your own servers (name the plain one 'plain': it is the reference of ratios and parity):
     python bench/bench_serving.py --attach plain=http://127.0.0.1:30000 --attach jetspec-b64=http://127.0.0.1:30001
 """
