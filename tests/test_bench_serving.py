@@ -325,10 +325,8 @@ def test_repeats_flag():
 # ---------------------------------------------------------------- a real tiny sweep
 
 
-@pytest.mark.server
-def test_tiny_sweep_end_to_end(tmp_path):
-    """plain, a fixed JETSPEC budget and auto on the tiny Qwen3, concurrency 1 and 2: files written, outputs
-    identical, the auto server's budget choices in the records and the report."""
+def _tiny_head(path):
+    """An untrained 1-layer head for the tiny Qwen3 (block 8, taps 0 and 2), saved at `path`."""
     from transformers import AutoConfig, AutoTokenizer
 
     from jetspec_sglang.draft_head import init_draft_head, save_draft_head
@@ -339,7 +337,14 @@ def test_tiny_sweep_end_to_end(tmp_path):
     tok = AutoTokenizer.from_pretrained(folder)
     config = make_draft_head_config(AutoConfig.from_pretrained(folder), mask_token_id=tok.mask_token_id,
                                     num_layers=1, block_size=8, target_layer_ids=[0, 2])
-    save_draft_head(init_draft_head(config), tmp_path / "head")
+    save_draft_head(init_draft_head(config), path)
+
+
+@pytest.mark.server
+def test_tiny_sweep_end_to_end(tmp_path):
+    """plain, a fixed JETSPEC budget and auto on the tiny Qwen3, concurrency 1 and 2: files written, outputs
+    identical, the auto server's budget choices in the records and the report."""
+    _tiny_head(tmp_path / "head")
     out = tmp_path / "out"
     code = bench_serving.main(["--model", "tiny-qwen3", "--head", str(tmp_path / "head"), "--budgets", "8",
                                "--no-chain", "--concurrency", "1", "2", "--request-rates", "--groups",
@@ -366,17 +371,7 @@ def test_tiny_sweep_end_to_end(tmp_path):
 def test_tiny_sweep_with_repeats(tmp_path):
     """--repeats 2: every config started twice in turn, a record per instance with its repeat, the combined
     records (median and every instance) in results.json and the per-instance table in the report."""
-    from transformers import AutoConfig, AutoTokenizer
-
-    from jetspec_sglang.draft_head import init_draft_head, save_draft_head
-    from jetspec_sglang.draft_head_config import make_draft_head_config
-    from jetspec_sglang.models import prepare_model
-
-    folder = prepare_model("tiny-qwen3")
-    tok = AutoTokenizer.from_pretrained(folder)
-    config = make_draft_head_config(AutoConfig.from_pretrained(folder), mask_token_id=tok.mask_token_id,
-                                    num_layers=1, block_size=8, target_layer_ids=[0, 2])
-    save_draft_head(init_draft_head(config), tmp_path / "head")
+    _tiny_head(tmp_path / "head")
     out = tmp_path / "out"
     code = bench_serving.main(["--model", "tiny-qwen3", "--head", str(tmp_path / "head"), "--budgets", "8",
                                "--no-chain", "--no-auto", "--concurrency", "1", "--request-rates", "--groups",
