@@ -99,6 +99,20 @@ def test_tree_build_equals_heap_reference(device, B, L, K, N, ties, caps, lp_dty
     _equal(ops.build_tree(tokens, lp, root, N, fanout, backend="torch"), want, "batched twin")
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("B,L,K,N,ties,caps,lp_dtype", BUILD_CASES)
+def test_best_first_on_cuda_equals_heap_reference(B, L, K, N, ties, caps, lp_dtype):
+    """best_first has no kernel: on CUDA tensors ops.build_tree runs tree_exact with no host read; same trees."""
+    gen = torch.Generator().manual_seed(N * 37 + L)
+    tokens, lp = _tables(B, L, K, gen, ties, lp_dtype=lp_dtype)
+    root = torch.randint(0, 50, (B,), generator=gen)
+    fanout = tree.top2gap_fanout_caps(lp.float(), K, 2.0, 1.0) if caps else None
+    want = tree.build_tree_batch_ref(tokens, lp, root, N, fanout, best_first=True)
+    got = ops.build_tree(tokens.cuda(), lp.cuda(), root.cuda(), N, None if fanout is None else fanout.cuda(),
+                         best_first=True)
+    _equal(got, want, "DraftTree (best_first, CUDA)")
+
+
 def test_tree_build_property(device):
     hypothesis = pytest.importorskip("hypothesis")
     st = hypothesis.strategies
