@@ -34,7 +34,7 @@ MIN_ASCII_FRACTION = 0.95  # ShareGPT holds non-English prompts; SmolLM2 is an E
 
 @dataclasses.dataclass(frozen=True)
 class PlanItem:
-    dataset: str  # "gsm8k" | "humaneval" | "sharegpt"
+    dataset: str  # "gsm8k" | "humaneval" | "sharegpt" | "pycode"
     count: int  # prompts to take (after filtering), in shuffled order
     temperature: float  # 0 = greedy
 
