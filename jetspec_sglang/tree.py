@@ -2,7 +2,7 @@
 
 Follows the official `accum_logp` builder (jetspec/tree/baselines/accum_logp.py; jetspec-method.md 4.2) and its
 `top2gap` fan-out-capped variant (4.4), plus this project's `best_first` (node-granular: the tree is the `budget`
-best nodes of the virtual tree, so no budget goes to the low siblings of an expanded node; docs/method.md).
+best nodes of the virtual tree, so no budget goes to the low siblings of an expanded node; docs/tree-builders.md).
 Pure torch; imports only config-free helpers. Words (draft, budget, width, depth) are defined in verify.py.
 """
 from __future__ import annotations

@@ -37,12 +37,11 @@ def build_tree_exact(
     lp_BLK = topk_logprobs_BLK.double().clamp(LOGPROB_FLOOR, 0.0)
     device = lp_BLK.device
     if fanout_caps_BL is None:
-        caps_BL = torch.full((B, L), K, dtype=torch.int64, device=device)
-        E = budget if best_first else -(-(budget - 1) // K)
+        caps_BL, E = torch.full((B, L), K, dtype=torch.int64, device=device), -(-(budget - 1) // K)
     else:
-        caps_BL, E = fanout_caps_BL.to(torch.int64).clamp(1, K), budget if best_first else budget - 1
-    # best_first: the first `budget` pops are the nodes, so lists run to depth L; else the first E pops
-    # (depth < L) are the expansions.
+        caps_BL, E = fanout_caps_BL.to(torch.int64).clamp(1, K), budget - 1
+    if best_first:  # the first `budget` pops are the nodes themselves, so the lists run to depth L
+        E = budget
     score_BG, valid_BG, j_BG, depth_BG, parent_BG, pop_order_BG = _pop_order(lp_BLK, caps_BL, E,
                                                                             L + 1 if best_first else L)
     G = score_BG.shape[1]

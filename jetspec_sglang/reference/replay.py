@@ -66,8 +66,7 @@ def draft_all_anchors(head: DraftHead, taps_TF: torch.Tensor, seq_T: torch.Tenso
 
 def replay(traj: Trajectory, tokens_ALK: torch.Tensor, logprobs_ALK: torch.Tensor, budget: int, width: int,
            depth: int, max_new_tokens: int, tree_algo: str = JetSpecConfig.tree_algo, beta: float = 2.0,
-           gap0: float = 1.0
-           ) -> list[int]:
+           gap0: float = 1.0) -> list[int]:
     """Accept lengths (accepted drafts + 1) of every round of one request, in order.
 
     tokens_ALK / logprobs_ALK: `draft_all_anchors` for anchors P, P+1, ... (row a = anchor P + a). The first
