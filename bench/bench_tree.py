@@ -3,12 +3,15 @@
 Per cell (B requests, budget N; width K, depth L) it times, after warm-up, with the same realistic draft top-k:
   batched  tree.build_tree on the batch, then mask.build_ancestor_mask, build_retrieve_links, tree_positions
   loop     tree.build_tree_ref per request, then the same three mask functions per request
-both for the tree alone and for tree + mask + links + positions, and counts how often the fast path
-(tree_batched.build_tree_topk) declined (a score tie it cannot order) so that tree_exact.build_tree_exact ran.
+both for the tree alone and for tree + mask + links + positions, and the two routes build_tree picks between on
+CPU for the tree alone: host (tree_host.build_tree_host, B * N <= HOST_MAX_NODES) and torch (the batched top-k
+path, tree_exact when it declines). It counts how often the fast path (tree_batched.build_tree_topk) declined (a
+score tie it cannot order) so that tree_exact.build_tree_exact ran.
 
     python bench/bench_tree.py                       # B in {1, 8, 32} x N in {16, 64, 128, 256}, K=7, L=15
     python bench/bench_tree.py --threads 1 --clock cpu --out runs/bench_tree.jsonl
     python bench/bench_tree.py --logits-dtype bfloat16     # bf16 drafts: frequent exact score ties
+    python bench/bench_tree.py --batch-sizes 1 4 16 32 64 --budgets 8 16 32 --depth 7   # the host route's range
 Prints one JSON object per cell (stdout, or --out), then a summary table (stderr when the JSON goes to stdout).
 """
 from __future__ import annotations
@@ -26,6 +29,8 @@ from tqdm import tqdm
 from jetspec_sglang.mask import build_ancestor_mask, build_retrieve_links, tree_positions
 from jetspec_sglang.tree import build_tree, build_tree_ref, draft_topk
 from jetspec_sglang.tree_batched import build_tree_topk
+from jetspec_sglang.tree_exact import build_tree_exact
+from jetspec_sglang.tree_host import HOST_MAX_NODES, build_tree_host
 
 
 @dataclass(frozen=True)
@@ -37,6 +42,7 @@ class BenchConfig:
     vocab: int  # V of the synthetic draft logits
     confidence: float  # max logit boost of the draft's favourite token (peakedness; 0 = flat Gaussian logits)
     logits_dtype: str  # "float32" or "bfloat16" (a bf16 draft head: equal log-probs, i.e. score ties, are common)
+    best_first: bool  # the tree algorithm: best_first (the default of JetSpecConfig) or accum_logp
     repeats: int  # timed calls per cell and path (after `warmup`)
     warmup: int
     fallback_draws: int  # fresh inputs per cell used to count fast-path declines
@@ -55,6 +61,7 @@ def parse_args(argv=None) -> BenchConfig:
     p.add_argument("--vocab", type=int, default=50_000)
     p.add_argument("--confidence", type=float, default=12.0)
     p.add_argument("--logits-dtype", choices=["float32", "bfloat16"], default="float32")
+    p.add_argument("--tree-algo", choices=["best_first", "accum_logp"], default="best_first")
     p.add_argument("--repeats", type=int, default=30)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--fallback-draws", type=int, default=10)
@@ -64,7 +71,7 @@ def parse_args(argv=None) -> BenchConfig:
     p.add_argument("--out", default=None)
     a = p.parse_args(argv)
     return BenchConfig(tuple(a.batch_sizes), tuple(a.budgets), a.width, a.depth, a.vocab, a.confidence,
-                       a.logits_dtype, a.repeats, a.warmup, a.fallback_draws, a.threads, a.clock, a.seed, a.out)
+                       a.logits_dtype, a.tree_algo == "best_first", a.repeats, a.warmup, a.fallback_draws, a.threads, a.clock, a.seed, a.out)
 
 
 def draft_inputs(B: int, cfg: BenchConfig, gen: torch.Generator):
@@ -104,48 +111,60 @@ def summarise(ms: list[float]) -> dict:
 
 def bench_cell(B: int, N: int, cfg: BenchConfig, gen: torch.Generator) -> dict:
     tok, lp, root, prefix = draft_inputs(B, cfg, gen)
-    L = cfg.depth
+    L, bf = cfg.depth, cfg.best_first
 
     def batched_tree():
-        return build_tree(tok, lp, root, N)
+        return build_tree(tok, lp, root, N, best_first=bf)
+
+    def host_tree():
+        return build_tree_host(tok, lp, root, N, best_first=bf)
+
+    def torch_tree():
+        return (build_tree_topk(tok, lp, root, N, best_first=bf)
+                or build_tree_exact(tok, lp, root, N, best_first=bf))
 
     def batched_all():
-        tree = build_tree(tok, lp, root, N)
+        tree = build_tree(tok, lp, root, N, best_first=bf)
         return (build_ancestor_mask(tree.parents_BN, L), build_retrieve_links(tree.parents_BN),
                 tree_positions(tree.depth_BN, prefix))
 
     def loop_tree():
-        return [build_tree_ref(tok[b], lp[b], int(root[b]), N) for b in range(B)]
+        return [build_tree_ref(tok[b], lp[b], int(root[b]), N, best_first=bf) for b in range(B)]
 
     def loop_all():
         out = []
         for b in range(B):
-            tree = build_tree_ref(tok[b], lp[b], int(root[b]), N)
+            tree = build_tree_ref(tok[b], lp[b], int(root[b]), N, best_first=bf)
             out.append((build_ancestor_mask(tree.parents_BN, L), build_retrieve_links(tree.parents_BN),
                         tree_positions(tree.depth_BN, prefix[b:b + 1])))
         return out
 
     row = {"B": B, "N": N, "K": cfg.width, "L": L, "threads": torch.get_num_threads(), "clock": cfg.clock,
-           "logits_dtype": cfg.logits_dtype,
-           "fast_path": build_tree_topk(tok, lp, root, N) is not None}
-    fns = {"batched_tree": batched_tree, "loop_tree": loop_tree, "batched_all": batched_all, "loop_all": loop_all}
+           "logits_dtype": cfg.logits_dtype, "best_first": bf, "host_route": B * N <= HOST_MAX_NODES,
+           "fast_path": build_tree_topk(tok, lp, root, N, best_first=bf) is not None}
+    fns = {"batched_tree": batched_tree, "loop_tree": loop_tree, "batched_all": batched_all, "loop_all": loop_all,
+           "host_tree": host_tree, "torch_tree": torch_tree}
     for name, ms in timings_ms(fns, cfg.repeats, cfg.warmup, CLOCKS[cfg.clock]).items():
         row[name + "_ms"] = summarise(ms)
     for what in ("tree", "all"):
         row[f"speedup_{what}"] = row[f"loop_{what}_ms"]["median"] / row[f"batched_{what}_ms"]["median"]
         row[f"speedup_{what}_min"] = row[f"loop_{what}_ms"]["min"] / row[f"batched_{what}_ms"]["min"]
-    declined = sum(build_tree_topk(*draft_inputs(B, cfg, gen)[:3], N) is None for _ in range(cfg.fallback_draws))
+    declined = sum(build_tree_topk(*draft_inputs(B, cfg, gen)[:3], N, best_first=bf) is None
+                   for _ in range(cfg.fallback_draws))
     row["fallback_rate"] = declined / max(1, cfg.fallback_draws)
     return row
 
 
 def summary_table(rows: list[dict]) -> str:
     head = (f"{'B':>3} {'N':>4} | {'tree: batched':>13} {'p90':>6} {'loop':>7} {'x':>5} {'x(min)':>6} | "
-            f"{'+mask,links,pos: batched':>24} {'p90':>6} {'loop':>7} {'x':>5} {'x(min)':>6} | {'fallback':>8}")
+            f"{'+mask,links,pos: batched':>24} {'p90':>6} {'loop':>7} {'x':>5} {'x(min)':>6} | {'fallback':>8} | "
+            f"{'host':>6} {'torch':>6} {'route':>5}")
     r0 = rows[0]
     lines = [f"ms, median (p90) over repeats; x = loop / batched (median), x(min) = the same on minima; "
-             f"{r0['clock']} clock, threads={r0['threads']}, K={r0['K']}, L={r0['L']}, {r0['logits_dtype']} drafts; "
-             "fallback = batches the top-k path declined", head, "-" * len(head)]
+             f"{r0['clock']} clock, threads={r0['threads']}, K={r0['K']}, L={r0['L']}, {r0['logits_dtype']} drafts, "
+             f"{'best_first' if r0['best_first'] else 'accum_logp'}; fallback = batches the top-k path declined; "
+             "host / torch = the tree alone on each CPU route of build_tree, route = the one it takes",
+             head, "-" * len(head)]
     for r in rows:
         cells = []
         for what in ("tree", "all"):
@@ -153,7 +172,9 @@ def summary_table(rows: list[dict]) -> str:
             width = 13 if what == "tree" else 24
             cells.append(f"{b['median']:>{width}.3f} {b['p90']:>6.3f} {lo['median']:>7.3f} "
                          f"{r[f'speedup_{what}']:>5.1f} {r[f'speedup_{what}_min']:>6.1f}")
-        lines.append(f"{r['B']:>3} {r['N']:>4} | {cells[0]} | {cells[1]} | {100 * r['fallback_rate']:>7.0f}%")
+        lines.append(f"{r['B']:>3} {r['N']:>4} | {cells[0]} | {cells[1]} | {100 * r['fallback_rate']:>7.0f}% | "
+                     f"{r['host_tree_ms']['median']:>6.3f} {r['torch_tree_ms']['median']:>6.3f} "
+                     f"{'host' if r['host_route'] else 'torch':>5}")
     return "\n".join(lines)
 
 

@@ -90,9 +90,16 @@ def build_tree_ref(
     check_no_nan(topk_logprobs_LK)
     top_lp = topk_logprobs_LK.double().clamp(LOGPROB_FLOOR, 0.0).tolist()  # host float64, like the official builder
     caps = [K] * L if fanout_caps_L is None else [max(1, min(int(c), K)) for c in fanout_caps_L.tolist()]
-    if best_first:
-        return _best_first_ref(top_tok, top_lp, caps, int(root_token), budget, topk_tokens_LK.device)
-    tokens, parents, depths, cums = [int(root_token)], [NO_PARENT], [0], [0.0]
+    heap = best_first_heap if best_first else accum_heap
+    return _single_tree(*heap(top_tok, top_lp, caps, int(root_token), budget), int(root_token), budget,
+                        topk_tokens_LK.device)
+
+
+def accum_heap(top_tok: list, top_lp: list, caps: list, root_token: int, budget: int) -> tuple[list, ...]:
+    """The accum_logp heap over host lists ([L][K] tokens and clamped float64 log-probs, [L] caps): the node lists
+    (tokens, parents, depths, cums) of `build_tree_ref`, unpadded."""
+    L = len(top_lp)
+    tokens, parents, depths, cums = [root_token], [NO_PARENT], [0], [0.0]
     heap = [(-0.0, 0, 0)]  # (negated score, insertion counter, node index)
     counter = 0
     while heap and len(tokens) < budget:
@@ -108,10 +115,10 @@ def build_tree_ref(
             cums.append(c)
             counter += 1
             heapq.heappush(heap, (-c, counter, len(tokens) - 1))
-    return _single_tree(tokens, parents, depths, cums, int(root_token), budget, topk_tokens_LK.device)
+    return tokens, parents, depths, cums
 
 
-def _best_first_ref(top_tok: list, top_lp: list, caps: list, root_token: int, budget: int, device) -> DraftTree:
+def best_first_heap(top_tok: list, top_lp: list, caps: list, root_token: int, budget: int) -> tuple[list, ...]:
     """The node-granular heap: a node joins the tree when it is popped, not when its parent is expanded.
 
     The heap holds candidates; popping one appends it (its id = pop position) and pushes its min(cap_d, K)
@@ -135,7 +142,7 @@ def _best_first_ref(top_tok: list, top_lp: list, caps: list, root_token: int, bu
         for j in range(caps[d]):
             counter += 1
             heapq.heappush(heap, (neg - top_lp[d][j], counter, int(top_tok[d][j]), len(tokens) - 1, d + 1))
-    return _single_tree(tokens, parents, depths, cums, root_token, budget, device)
+    return tokens, parents, depths, cums
 
 
 def _single_tree(tokens, parents, depths, cums, root_token: int, budget: int, device) -> DraftTree:
@@ -216,13 +223,17 @@ def build_tree(
     The fast path (`tree_batched.build_tree_topk`) uses top-k, whose order of exactly equal scores is
     unspecified; when it cannot restore the heap's order of a tie (or rows are not in rank order) it hands the
     batch to `tree_exact.build_tree_exact`, which orders ties like the heap. Either way the result equals the
-    reference. `best_first` builds the node-granular trees (`_best_first_ref`); on CUDA tensors it goes straight
+    reference. `best_first` builds the node-granular trees (`best_first_heap`); on CUDA tensors it goes straight
     to the exact path, which reads nothing back to the host (the fast path's tie check would, every step; a
-    parent and its child tie whenever a draft log-prob rounds to 0, so ties cannot be left to top-k).
+    parent and its child tie whenever a draft log-prob rounds to 0, so ties cannot be left to top-k). Small CPU
+    batches run the heaps themselves on host lists (`tree_host.build_tree_host`: fewer ops than the fast path).
     """
     from jetspec_sglang.tree_batched import build_tree_topk
+    from jetspec_sglang.tree_host import build_tree_host, use_host_builder
 
     check_tree_inputs(topk_tokens_BLK, topk_logprobs_BLK, root_tokens_B, budget, fanout_caps_BL)
+    if use_host_builder(topk_logprobs_BLK, budget):
+        return build_tree_host(topk_tokens_BLK, topk_logprobs_BLK, root_tokens_B, budget, fanout_caps_BL, best_first)
     tree = None
     if not (best_first and topk_logprobs_BLK.is_cuda):
         tree = build_tree_topk(topk_tokens_BLK, topk_logprobs_BLK, root_tokens_B, budget, fanout_caps_BL, best_first)

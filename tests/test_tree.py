@@ -1,9 +1,11 @@
 """Tree builders against an independent heap oracle (jetspec-method.md 4.2 and 4.4).
 
 Chain of trust: `heap_oracle` (below, transcribed from the doc's pseudo-code) == `build_tree_ref`; then every
-batched builder (`build_tree`, `tree_exact.build_tree_exact`, `tree_batched.build_tree_topk` when it does not
-decline) == `build_tree_batch_ref`, all DraftTree fields exactly (cum_logprobs bit for bit).
+batched builder (`build_tree` on both of its CPU routes, `tree_host.build_tree_host`, `tree_exact.build_tree_exact`,
+`tree_batched.build_tree_topk` when it does not decline) == `build_tree_batch_ref`, all DraftTree fields exactly
+(cum_logprobs bit for bit).
 """
+import contextlib
 import heapq
 import math
 
@@ -26,7 +28,9 @@ from jetspec_sglang.tree import (
     top2gap_fanout_caps,
 )
 from jetspec_sglang.tree_batched import _build_lists, build_tree_topk
+from jetspec_sglang import tree_host
 from jetspec_sglang.tree_exact import build_tree_exact
+from jetspec_sglang.tree_host import build_tree_host, use_host_builder
 
 FIELDS = tuple(DraftTree.__dataclass_fields__)
 TIE_VALUES = (0.0, -0.5, -1.0, -1.5)  # sums of these tie constantly, 0.0 makes parent and child tie
@@ -35,6 +39,18 @@ SETTINGS = dict(deadline=None, derandomize=True, suppress_health_check=[HealthCh
 
 
 # ---------------------------------------------------------------- oracle and helpers
+
+
+@contextlib.contextmanager
+def torch_route():
+    """`build_tree` without its host route (tree_host.HOST_MAX_NODES = 0): the batched torch paths and their
+    fallback run even for the small batches the host builder would take."""
+    saved = tree_host.HOST_MAX_NODES
+    tree_host.HOST_MAX_NODES = 0
+    try:
+        yield
+    finally:
+        tree_host.HOST_MAX_NODES = saved
 
 
 def heap_oracle(tok_LK: list, lp_LK: list, root: int, budget: int, caps_L: list | None = None):
@@ -159,6 +175,9 @@ def test_worked_example_of_method_doc():
 def _check_builders(tok, lp, root, N, caps=None, where=""):
     want = build_tree_batch_ref(tok, lp, root, N, caps)
     assert_tree_equal(build_tree(tok, lp, root, N, caps), want, f"build_tree {where}")
+    with torch_route():
+        assert_tree_equal(build_tree(tok, lp, root, N, caps), want, f"build_tree (torch route) {where}")
+    assert_tree_equal(build_tree_host(tok, lp, root, N, caps), want, f"build_tree_host {where}")
     assert_tree_equal(build_tree_exact(tok, lp, root, N, caps), want, f"build_tree_exact {where}")
     fast = build_tree_topk(tok, lp, root, N, caps)
     if fast is not None:
@@ -256,7 +275,8 @@ def test_topk_declines_on_ties_and_build_tree_stays_exact():
     tok, lp, root = make_inputs(3, 6, 3, "continuous", 5)
     lp[1] = 0.0  # one tied request in an otherwise tie-free batch
     assert build_tree_topk(tok, lp, root, 40) is None
-    assert_tree_equal(build_tree(tok, lp, root, 40), build_tree_batch_ref(tok, lp, root, 40))
+    with torch_route():
+        assert_tree_equal(build_tree(tok, lp, root, 40), build_tree_batch_ref(tok, lp, root, 40))
 
 
 # ---------------------------------------------------------------- structure
@@ -380,6 +400,9 @@ def test_best_first_batched_builders_equal_ref(case, capped):
     caps = top2gap_fanout_caps(lp, K, 2.0, 1.0) if capped else None
     want = build_tree_batch_ref(tok, lp, root, N, caps, best_first=True)
     assert_tree_equal(build_tree(tok, lp, root, N, caps, best_first=True), want, f"build_tree {case}")
+    with torch_route():
+        assert_tree_equal(build_tree(tok, lp, root, N, caps, best_first=True), want, f"build_tree (torch) {case}")
+    assert_tree_equal(build_tree_host(tok, lp, root, N, caps, best_first=True), want, f"host {case}")
     assert_tree_equal(build_tree_exact(tok, lp, root, N, caps, best_first=True), want, f"exact {case}")
     fast = build_tree_topk(tok, lp, root, N, caps, best_first=True)
     if fast is not None:
@@ -481,9 +504,11 @@ def test_input_checks_name_the_problem():
 def test_nan_logprobs_raise_in_every_builder():
     tok, lp, root = make_inputs(2, 4, 3, "continuous", 0)
     lp[1, 2, 1] = math.nan
-    for builder in (build_tree, build_tree_exact, build_tree_batch_ref):
+    for builder in (build_tree, build_tree_exact, build_tree_batch_ref, build_tree_host):
         with pytest.raises(ValueError, match="NaN"):
             builder(tok, lp, root, 20)
+    with torch_route(), pytest.raises(ValueError, match="NaN"):
+        build_tree(tok, lp, root, 20)
     assert build_tree_topk(tok, lp, root, 20) is None  # declines; the exact builder then raises
 
 
@@ -494,3 +519,15 @@ def test_clamp_makes_noise_above_zero_harmless():
     noisy[..., 0], clean[..., 0] = 1e-7, 0.0
     assert_tree_equal(build_tree(tok, noisy, root, 40), build_tree_batch_ref(tok, clean, root, 40))
     assert_tree_equal(build_tree_batch_ref(tok, noisy, root, 40), build_tree_batch_ref(tok, clean, root, 40))
+
+
+def test_small_cpu_batches_take_the_host_route():
+    """B * N <= HOST_MAX_NODES on CPU: the heaps on host lists; larger batches: the batched torch builder."""
+    tok, lp, root = make_inputs(1, 7, 7, "draft", 3)
+    assert use_host_builder(lp, 16)
+    big = make_inputs(tree_host.HOST_MAX_NODES // 16 + 1, 7, 7, "draft", 3)
+    assert not use_host_builder(big[1], 16)
+    for inputs in ((tok, lp, root), big):  # both routes, accum_logp and best_first, equal the reference
+        for best_first in (False, True):
+            assert_tree_equal(build_tree(*inputs, 16, best_first=best_first),
+                              build_tree_batch_ref(*inputs, 16, best_first=best_first))
