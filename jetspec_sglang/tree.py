@@ -225,19 +225,23 @@ def build_tree(
     batch to `tree_exact.build_tree_exact`, which orders ties like the heap. Either way the result equals the
     reference. `best_first` builds the node-granular trees (`best_first_heap`); on CUDA tensors it goes straight
     to the exact path, which reads nothing back to the host (the fast path's tie check would, every step; a
-    parent and its child tie whenever a draft log-prob rounds to 0, so ties cannot be left to top-k). Small CPU
-    batches run the heaps themselves on host lists (`tree_host.build_tree_host`: fewer ops than the fast path).
+    parent and its child tie whenever a draft log-prob rounds to 0, so ties cannot be left to top-k). On CPU, small
+    batches, and any batch the fast path declines, run the heaps themselves on host lists
+    (`tree_host.build_tree_host`: fewer ops than the fast path, and ties cost nothing; docs/tree-builders.md).
     """
     from jetspec_sglang.tree_batched import build_tree_topk
     from jetspec_sglang.tree_host import build_tree_host, use_host_builder
 
     check_tree_inputs(topk_tokens_BLK, topk_logprobs_BLK, root_tokens_B, budget, fanout_caps_BL)
+    args = (topk_tokens_BLK, topk_logprobs_BLK, root_tokens_B, budget, fanout_caps_BL, best_first)
     if use_host_builder(topk_logprobs_BLK, budget):
-        return build_tree_host(topk_tokens_BLK, topk_logprobs_BLK, root_tokens_B, budget, fanout_caps_BL, best_first)
+        return build_tree_host(*args)
     tree = None
     if not (best_first and topk_logprobs_BLK.is_cuda):
-        tree = build_tree_topk(topk_tokens_BLK, topk_logprobs_BLK, root_tokens_B, budget, fanout_caps_BL, best_first)
-    if tree is None:  # an unresolved exact tie (rare) or unsorted rows
+        tree = build_tree_topk(*args)
+    if tree is None and not topk_logprobs_BLK.is_cuda:  # a tie (every step with a bf16 draft), unsorted rows, NaN
+        return build_tree_host(*args)
+    if tree is None:  # on CUDA: an unresolved exact tie or unsorted rows
         from jetspec_sglang.tree_exact import build_tree_exact
 
         tree = build_tree_exact(topk_tokens_BLK, topk_logprobs_BLK, root_tokens_B, budget, fanout_caps_BL,

@@ -1,9 +1,11 @@
-"""The host tree builder: the reference heaps run per request on host lists, for small CPU batches.
+"""The host tree builder: the reference heaps run per request on host lists, for CPU batches.
 
 On a CPU the batched torch builder (tree_batched.py) spends its time in ~100 small tensor ops per step whatever
-the batch; the heaps themselves need only ~K pushes per node. So for CPU tensors and small B * N the heaps on
-Python lists are the cheaper exact builder: one host copy of the [B, L, K] tables in, one tensor per DraftTree
-field out. Same trees as `tree.build_tree_ref` by construction (it runs the same heap functions). Pure torch.
+the batch, and a tie sends it to the sort-based exact builder (tree_exact.py, slower still); the heaps need only
+~K pushes per node and order ties by themselves. So for small CPU batches, and for any CPU batch the fast path
+declines, the heaps on Python lists are the cheaper exact builder: one host copy of the [B, L, K] tables in, one
+tensor per DraftTree field out. Same trees as `tree.build_tree_ref` by construction (it runs the same heap
+functions). Pure torch.
 """
 from __future__ import annotations
 
@@ -13,9 +15,12 @@ import torch
 
 from jetspec_sglang.tree import LOGPROB_FLOOR, NO_PARENT, DraftTree, accum_heap, best_first_heap, check_no_nan
 
-# Largest B * N built on the host: above it the batched torch builder is faster on this project's 2-core CPU
-# (bench/bench_tree.py --builders host torch; docs/tree-builders.md has the table).
-HOST_MAX_NODES = 512
+# Largest B * N built on the host first: above it the batched fast path (tree_batched) is faster on this project's
+# 2-core CPU when it does not decline (float32 drafts: B 16, N 16 0.63 vs 0.49 ms; B 16, N 8 0.41 vs 0.44 ms);
+# when it declines (ties: every step of a bf16 draft) `tree.build_tree` comes back here, which beats the exact
+# sort-based builder at every size measured (B 128, N 32: 8.9 vs 12.9 ms). bench/bench_tree.py; the table is in
+# docs/tree-builders.md.
+HOST_MAX_NODES = 128
 
 
 def use_host_builder(topk_logprobs_BLK: torch.Tensor, budget: int) -> bool:

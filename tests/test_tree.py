@@ -43,8 +43,8 @@ SETTINGS = dict(deadline=None, derandomize=True, suppress_health_check=[HealthCh
 
 @contextlib.contextmanager
 def torch_route():
-    """`build_tree` without its host route (tree_host.HOST_MAX_NODES = 0): the batched torch paths and their
-    fallback run even for the small batches the host builder would take."""
+    """`build_tree` without its small-batch host route (tree_host.HOST_MAX_NODES = 0): the batched fast path runs
+    even for the small batches the host builder would take (a batch it declines still comes back to the host)."""
     saved = tree_host.HOST_MAX_NODES
     tree_host.HOST_MAX_NODES = 0
     try:
@@ -527,7 +527,11 @@ def test_small_cpu_batches_take_the_host_route():
     assert use_host_builder(lp, 16)
     big = make_inputs(tree_host.HOST_MAX_NODES // 16 + 1, 7, 7, "draft", 3)
     assert not use_host_builder(big[1], 16)
-    for inputs in ((tok, lp, root), big):  # both routes, accum_logp and best_first, equal the reference
+    # batches the fast path declines: exact ties (best_first's lists path) and rows out of rank order (both algos)
+    tied = make_inputs(tree_host.HOST_MAX_NODES // 16 + 1, 7, 7, "ties", 3)
+    unsorted = make_inputs(tree_host.HOST_MAX_NODES // 16 + 1, 7, 7, "unsorted", 3)
+    assert build_tree_topk(*tied, 16, best_first=True) is None and build_tree_topk(*unsorted, 16) is None
+    for inputs in ((tok, lp, root), big, tied, unsorted):  # every route, either algo, equals the reference
         for best_first in (False, True):
             assert_tree_equal(build_tree(*inputs, 16, best_first=best_first),
                               build_tree_batch_ref(*inputs, 16, best_first=best_first))
