@@ -222,8 +222,8 @@ def build_tree(
     fanout_caps_BL int64 in [1, K] (None = K everywhere, i.e. accum_logp; `top2gap_fanout_caps` for top2gap).
     The fast path (`tree_batched.build_tree_topk`) uses top-k, whose order of exactly equal scores is
     unspecified; when it cannot restore the heap's order of a tie (or rows are not in rank order) it hands the
-    batch to `tree_exact.build_tree_exact`, which orders ties like the heap. Either way the result equals the
-    reference. `best_first` builds the node-granular trees (`best_first_heap`); on CUDA tensors it goes straight
+    batch to `tree_exact.build_tree_exact` on CUDA (to the host heaps on CPU), which orders ties like the heap.
+    Either way the result equals the reference. `best_first` builds the node-granular trees (`best_first_heap`); on CUDA tensors it goes straight
     to the exact path, which reads nothing back to the host (the fast path's tie check would, every step; a
     parent and its child tie whenever a draft log-prob rounds to 0, so ties cannot be left to top-k). On CPU, small
     batches, and any batch the fast path declines, run the heaps themselves on host lists
