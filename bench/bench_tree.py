@@ -4,9 +4,9 @@ Per cell (B requests, budget N; width K, depth L) it times, after warm-up, with 
   batched  tree.build_tree on the batch, then mask.build_ancestor_mask, build_retrieve_links, tree_positions
   loop     tree.build_tree_ref per request, then the same three mask functions per request
 both for the tree alone and for tree + mask + links + positions, and the two routes build_tree picks between on
-CPU for the tree alone: host (tree_host.build_tree_host, B * N <= HOST_MAX_NODES) and torch (the batched top-k
-path, tree_exact when it declines). It counts how often the fast path (tree_batched.build_tree_topk) declined (a
-score tie it cannot order) so that tree_exact.build_tree_exact ran.
+CPU for the tree alone: host (tree_host.build_tree_host: taken first when B * N <= HOST_MAX_NODES, and for a
+batch the fast path declines) and torch (the batched top-k path, tree_exact.build_tree_exact when it declines, as on
+CUDA). It counts how often the fast path (tree_batched.build_tree_topk) declined (a score tie it cannot order).
 
     python bench/bench_tree.py                       # B in {1, 8, 32} x N in {16, 64, 128, 256}, K=7, L=15
     python bench/bench_tree.py --threads 1 --clock cpu --out runs/bench_tree.jsonl
@@ -71,7 +71,8 @@ def parse_args(argv=None) -> BenchConfig:
     p.add_argument("--out", default=None)
     a = p.parse_args(argv)
     return BenchConfig(tuple(a.batch_sizes), tuple(a.budgets), a.width, a.depth, a.vocab, a.confidence,
-                       a.logits_dtype, a.tree_algo == "best_first", a.repeats, a.warmup, a.fallback_draws, a.threads, a.clock, a.seed, a.out)
+                       a.logits_dtype, a.tree_algo == "best_first", a.repeats, a.warmup, a.fallback_draws,
+                       a.threads, a.clock, a.seed, a.out)
 
 
 def draft_inputs(B: int, cfg: BenchConfig, gen: torch.Generator):

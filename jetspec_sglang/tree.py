@@ -223,11 +223,12 @@ def build_tree(
     The fast path (`tree_batched.build_tree_topk`) uses top-k, whose order of exactly equal scores is
     unspecified; when it cannot restore the heap's order of a tie (or rows are not in rank order) it hands the
     batch to `tree_exact.build_tree_exact` on CUDA (to the host heaps on CPU), which orders ties like the heap.
-    Either way the result equals the reference. `best_first` builds the node-granular trees (`best_first_heap`); on CUDA tensors it goes straight
-    to the exact path, which reads nothing back to the host (the fast path's tie check would, every step; a
-    parent and its child tie whenever a draft log-prob rounds to 0, so ties cannot be left to top-k). On CPU, small
-    batches, and any batch the fast path declines, run the heaps themselves on host lists
-    (`tree_host.build_tree_host`: fewer ops than the fast path, and ties cost nothing; docs/tree-builders.md).
+    Either way the result equals the reference. `best_first` builds the node-granular trees (`best_first_heap`);
+    on CUDA tensors it goes straight to the exact path, which reads nothing back to the host (the fast path's tie
+    check would, every step; a parent and its child tie whenever a draft log-prob rounds to 0, so ties cannot be
+    left to top-k). On CPU, small batches, and any batch the fast path declines, run the heaps themselves on host
+    lists (`tree_host.build_tree_host`: fewer ops than the fast path, and ties cost nothing;
+    docs/tree-builders.md).
     """
     from jetspec_sglang.tree_batched import build_tree_topk
     from jetspec_sglang.tree_host import build_tree_host, use_host_builder
@@ -244,8 +245,7 @@ def build_tree(
     if tree is None:  # on CUDA: an unresolved exact tie or unsorted rows
         from jetspec_sglang.tree_exact import build_tree_exact
 
-        tree = build_tree_exact(topk_tokens_BLK, topk_logprobs_BLK, root_tokens_B, budget, fanout_caps_BL,
-                                best_first)
+        tree = build_tree_exact(*args)
     return tree
 
 

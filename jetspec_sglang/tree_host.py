@@ -44,13 +44,13 @@ def build_tree_host(
     lp_BLK = topk_logprobs_BLK.double().clamp(LOGPROB_FLOOR, 0.0).tolist()  # float64, like the official builder
     caps_BL = ([[K] * L] * B if fanout_caps_BL is None
                else fanout_caps_BL.to(torch.int64).clamp(1, K).tolist())
-    roots_B = root_tokens_B.tolist()
+    roots_B = [int(r) for r in root_tokens_B.tolist()]
     heap = best_first_heap if best_first else accum_heap
     tokens, parents, depths, cums, counts = [], [], [], [], []
-    for b in range(B):
-        t, p, d, c = heap(tok_BLK[b], lp_BLK[b], caps_BL[b], int(roots_B[b]), budget)
+    for b, root in enumerate(roots_B):
+        t, p, d, c = heap(tok_BLK[b], lp_BLK[b], caps_BL[b], root, budget)
         pad = budget - len(t)
-        tokens += t + [int(roots_B[b])] * pad
+        tokens += t + [root] * pad
         parents += p + [NO_PARENT] * pad
         depths += d + [0] * pad
         cums += c + [-math.inf] * pad
