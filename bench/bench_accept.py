@@ -46,6 +46,7 @@ class Args:
     validate: int
     batch: int
     tree_algos: tuple = ("best_first", "accum_logp")
+    draft_vocabs: tuple = ("full",)
 
 
 def parse(argv=None) -> Args:
@@ -64,6 +65,9 @@ def parse(argv=None) -> Args:
     p.add_argument("--tree-algos", nargs="+", default=["best_first", "accum_logp"], choices=TREE_ALGOS,
                    help="tree builders to replay; the table's mode column names them (results before this flag "
                         "existed say 'tree' for accum_logp)")
+    p.add_argument("--draft-vocabs", nargs="+", default=["full"], metavar="SIZE",
+                   help="draft vocabularies to replay per head: 'full' and/or sizes S (the S most frequent tokens of "
+                        "the head's draft_vocab.json, jetspec_sglang/draft_vocab.py); a size adds a head NAME@vS")
     p.add_argument("--head", action="append", default=[], metavar="NAME=DIR",
                    help="more heads to compare under their own names (repeatable), e.g. --head gpu=bench/heads/X")
     a = p.parse_args(argv)
@@ -76,8 +80,11 @@ def parse(argv=None) -> Args:
         heads[name] = path
     if not heads:
         p.error("no head to score: pass --causal DIR and/or --head NAME=DIR")
+    for size in a.draft_vocabs:
+        if size != "full" and not (size.isdigit() and int(size) >= a.width):
+            p.error(f"--draft-vocabs {size!r}: give 'full' or a size >= --width {a.width}")
     return Args(a.target, heads, a.prompts, a.max_new_tokens, tuple(a.budgets), a.width, a.depth, Path(a.out),
-                a.validate, a.batch, tuple(dict.fromkeys(a.tree_algos)))
+                a.validate, a.batch, tuple(dict.fromkeys(a.tree_algos)), tuple(dict.fromkeys(a.draft_vocabs)))
 
 
 @torch.inference_mode()
@@ -115,21 +122,22 @@ def run(args: Args) -> list[dict]:
     args.out.mkdir(parents=True, exist_ok=True)
     model, tok = load_target(resolve_target(args.target))
     heads = {name: load_head_for(model, path) for name, path in args.heads.items()}
+    drafters = draft_variants(args, heads, model.config.vocab_size)  # name -> (head, vocabulary ids or None)
     records = {ds: load_prompts(ds, "eval")[: args.prompts] for ds in DATASETS}
     rows, validations = [], []
     for ds, recs in records.items():
         prompt_ids = encode_chat(tok, recs)
         conts = continuations(model, tok, prompt_ids, args.max_new_tokens, args.batch,
                               args.out / f"continuations_{ds}.jsonl")
-        lengths = {cfg: [] for cfg in configs(args, list(heads))}
+        lengths = {cfg: [] for cfg in configs(args, list(drafters))}
         for prompt, cont in tqdm(list(zip(prompt_ids, conts)), desc=f"replay {ds}", unit="prompt"):
             seq = torch.tensor(prompt + cont)
             layer_ids = next(iter(heads.values())).config.target_layer_ids
             out, taps = forward_with_taps(model, layer_ids, seq[None])
             traj = Trajectory(seq, len(prompt), out.logits[0].argmax(-1))
             anchors = torch.arange(len(prompt), len(seq))
-            for name, head in heads.items():
-                tokens, logprobs = draft_all_anchors(head, taps[0], seq, anchors, args.width)
+            for name, (head, vocab_ids_S) in drafters.items():
+                tokens, logprobs = draft_all_anchors(head, taps[0], seq, anchors, args.width, vocab_ids_S=vocab_ids_S)
                 for cfg in (c for c in lengths if c[0] == name):
                     lengths[cfg].append(replay(traj, tokens, logprobs, cfg[2], cfg[3], args.depth,
                                                args.max_new_tokens,
@@ -148,6 +156,19 @@ def run(args: Args) -> list[dict]:
         for row in rows + validations:
             f.write(json.dumps(row) + "\n")
     return rows + validations
+
+
+def draft_variants(args: Args, heads: dict, vocab_size: int) -> dict:
+    """{name: (head, vocab_ids_S or None)}: each head with the full vocabulary under its own name and with each
+    --draft-vocabs size S under NAME@vS (the S most frequent tokens of its folder's draft_vocab.json)."""
+    from jetspec_sglang.draft_vocab import resolve_draft_vocab
+
+    out = {}
+    for name, head in heads.items():
+        for size in args.draft_vocabs:
+            ids_S, _ = resolve_draft_vocab(args.heads[name], size, vocab_size)
+            out[name if size == "full" else f"{name}@v{size}"] = (head, ids_S)
+    return out
 
 
 def validate(model, tok, head, prompts, conts, args: Args, replayed) -> dict:

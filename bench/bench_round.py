@@ -47,6 +47,9 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, nargs="+", default=[1, 4, 16], help="concurrent requests per run")
     p.add_argument("--depth", type=int, default=7, help="draft depth L (budgets N < L + 1 run at L = N - 1)")
     p.add_argument("--width", type=int, default=4, help="JETSPEC_TREE_WIDTH")
+    p.add_argument("--draft-vocabs", nargs="+", default=["auto"], metavar="V",
+                   help="JETSPEC_DRAFT_VOCAB of the JETSPEC servers, one server per value and budget (auto: the "
+                        "head's draft_vocab.json default; full; a size), e.g. --draft-vocabs full auto")
     p.add_argument("--tokens", type=int, default=48, help="new tokens per request (ignore_eos)")
     p.add_argument("--skip", type=int, default=2, help="first decode steps of each run left out")
     p.add_argument("--reps", type=int, default=2, help="runs per server and batch size, alternating servers")
@@ -146,14 +149,14 @@ def measure(specs: dict[str, ServerSpec], prompts, args, out: Path) -> dict[str,
 def markdown(table: list[dict]) -> str:
     cols = ["draft_forward", "topk", "tree_build", "masks", "verify_prepare", "verify_forward", "sample",
             "kv_compaction", "draft_kv_append", "prepare", "worker_other", "scheduler"]
-    head = ["dtype", "b", "N", "L", "plain step ms", "round ms", "round / plain", "tau"] + [PHASE_LABELS[c] for c in cols]
+    head = ["dtype", "b", "N", "L", "draft vocab", "plain step ms", "round ms", "round / plain", "tau"] + [PHASE_LABELS[c] for c in cols]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in table:
         s = row["jetspec"]
         parts = sum(s["phases_ms"].get(c, 0.0) for c in cols) or 1.0
         shares = [f"{100 * s['phases_ms'].get(c, 0.0) / parts:.0f}%" for c in cols]
         lines.append("| " + " | ".join([row["dtype"], str(row["bs"]), str(row["N"]), str(row.get("L", "")),
-                                         f"{row['plain_ms']:.1f}",
+                                         row.get("vocab", "auto"), f"{row['plain_ms']:.1f}",
                                          f"{s['period_ms']:.1f}", f"{row['ratio']:.2f}", f"{s['tau']:.2f}"] + shares)
                      + " |")
     return "\n".join(lines) + "\n"
@@ -176,6 +179,11 @@ def _budget_env(N: int) -> dict:
     return {"JETSPEC_BUDGET_SCHEDULE": "1"} if N == 1 else {"JETSPEC_BUDGET": str(N)}
 
 
+def _label(dtype: str, N: int, vocab: str, args) -> str:
+    """Server label: dtype-N8, or dtype-N8-vfull when several draft vocabularies are compared."""
+    return f"{dtype}-N{N}" + (f"-v{vocab}" if len(args.draft_vocabs) > 1 else "")
+
+
 def main(argv=None) -> int:
     args = parse(argv)
     from jetspec_sglang.demo import shipped_head
@@ -192,21 +200,23 @@ def main(argv=None) -> int:
                     extra_args=["--mem-fraction-static", str(args.mem_fraction_static)])
         specs = {f"{dtype}-plain": ServerSpec(**base)}
         for N in args.budgets:
-            specs[f"{dtype}-N{N}"] = ServerSpec(**base, head=head, **_budget_flags(N, args.depth),
-                                                env={"JETSPEC_TREE_WIDTH": str(args.width), **_budget_env(N)})
+            for vocab in args.draft_vocabs:
+                specs[_label(dtype, N, vocab, args)] = ServerSpec(
+                    **base, head=head, **_budget_flags(N, args.depth),
+                    env={"JETSPEC_TREE_WIDTH": str(args.width), "JETSPEC_DRAFT_VOCAB": vocab, **_budget_env(N)})
         res = measure(specs, prompts, args, out)
         everything.update({label.replace("-", "/", 1): r for label, r in res.items()})
         plain = res[f"{dtype}-plain"]
-        for N in args.budgets:
-            spec_res = res[f"{dtype}-N{N}"]
+        for N, vocab in ((N, vocab) for N in args.budgets for vocab in args.draft_vocabs):
+            spec_res = res[_label(dtype, N, vocab, args)]
             for bs in args.batch:
                 if spec_res.get(bs) and plain.get(bs):
-                    table.append({"dtype": dtype, "bs": bs, "N": N, "L": _depth(N, args.depth),
+                    table.append({"dtype": dtype, "bs": bs, "N": N, "L": _depth(N, args.depth), "vocab": vocab,
                                   "plain_ms": plain[bs]["period_ms"],
                                   "jetspec": spec_res[bs], "ratio": spec_res[bs]["period_ms"] / plain[bs]["period_ms"]})
         (out / "results.json").write_text(json.dumps({"args": vars(args), "runs": everything, "table": table},
                                                      indent=1))
-    table.sort(key=lambda r: (r["dtype"], r["bs"], r["N"]))
+    table.sort(key=lambda r: (r["dtype"], r["bs"], r["N"], args.draft_vocabs.index(r["vocab"])))
     md = markdown(table)
     (out / "results.md").write_text(md)
     print(md)

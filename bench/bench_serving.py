@@ -121,6 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-chain", dest="chain", action="store_false", help="skip the chain config (width 1, L+1)")
     p.add_argument("--no-auto", dest="auto", action="store_false",
                    help="skip the auto-budget config (JETSPEC_BUDGET=auto up to the largest --budgets value)")
+    p.add_argument("--draft-vocabs", nargs="*", default=[], metavar="V",
+                   help="also run each tree and auto config with JETSPEC_DRAFT_VOCAB=V (named NAME-vV), e.g. full")
     p.add_argument("--ladder", action="append", default=[], metavar="M:B,...",
                    help="a JETSPEC_BUDGET_LADDER config, e.g. 1:16,4:8,16:1 (repeatable)")
     p.add_argument("--groups", nargs="+", default=["gsm8k+humaneval", "mtbench+sharegpt"],
@@ -309,7 +311,8 @@ def run_sweep(args: Args, configs, files: dict, model: str, results: dict, save)
 def main(argv=None) -> int:
     args = parse(argv)
     configs = attached_configs(list(args.attach)) if args.attach else \
-        sweep_configs(args.budgets, args.depth, args.width, args.chain, args.ladders, auto=args.auto)
+        sweep_configs(args.budgets, args.depth, args.width, args.chain, args.ladders, auto=args.auto,
+                      draft_vocabs=args.draft_vocabs)
     if args.dry_run:
         for c in configs:
             print(json.dumps(c.as_dict()))

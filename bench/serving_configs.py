@@ -8,10 +8,10 @@ the ladder syntax and checks are jetspec_sglang.config's, so a bad ladder fails 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from jetspec_sglang.config import JetSpecConfig, parse_ladder
+from jetspec_sglang.config import JetSpecConfig, parse_draft_vocab, parse_ladder
 from jetspec_sglang.serving import ServerSpec
 
 PLAIN = "plain"
@@ -27,6 +27,7 @@ class ServerConfig:
     width: int | None = None  # JETSPEC_TREE_WIDTH
     ladder: str | None = None  # JETSPEC_BUDGET_LADDER text, e.g. '1:16,4:8,16:1'
     url: str | None = None  # attached servers only
+    draft_vocab: str | None = None  # JETSPEC_DRAFT_VOCAB (None: the server default, auto)
 
     @property
     def speculative(self) -> bool:
@@ -58,11 +59,12 @@ def ladder_config(text: str, depth: int, width: int) -> ServerConfig:
 
 
 def sweep_configs(budgets, depth: int | None, width: int, chain: bool, ladders, plain: bool = True,
-                  auto: bool = True) -> list:
+                  auto: bool = True, draft_vocabs=()) -> list:
     """Plain first (the reference of every ratio and parity check), then fixed trees, chain, auto and ladders.
 
     budgets (8, 16), depth 7, width 4, chain, auto, ladder '1:16,16:1' ->
     plain, jetspec-b8, jetspec-b16, chain-l7, auto-b16 (auto up to the largest budget), ladder-16-1.
+    draft_vocabs ('full',) adds jetspec-b8-vfull, jetspec-b16-vfull and auto-b16-vfull (JETSPEC_DRAFT_VOCAB=full).
     """
     configs = [ServerConfig(PLAIN, "plain")] if plain else []
     if (budgets or chain or ladders or auto) and depth is None:
@@ -79,6 +81,10 @@ def sweep_configs(budgets, depth: int | None, width: int, chain: bool, ladders, 
         top = max(list(budgets) + [depth + 1])
         configs.append(ServerConfig(f"auto-b{top}", "auto", budget=top, depth=depth, width=width))
     configs += [ladder_config(text, depth, width) for text in ladders]
+    for vocab in draft_vocabs:
+        parse_draft_vocab(vocab)  # raises ConfigError naming JETSPEC_DRAFT_VOCAB
+        configs += [replace(c, name=f"{c.name}-v{vocab}", draft_vocab=vocab) for c in configs
+                    if c.kind in ("tree", "auto") and c.draft_vocab is None]
     names = [c.name for c in configs]
     if len(set(names)) != len(names):
         raise ValueError(f"two configurations share a name in {names}; drop the duplicate --budgets/--ladder value")
@@ -115,6 +121,8 @@ def server_spec(config: ServerConfig, model: str, head: str | None, device: str,
         env["JETSPEC_BUDGET"] = "auto"
     if config.kind == "ladder":
         env["JETSPEC_BUDGET_LADDER"] = config.ladder
+    if config.draft_vocab is not None:
+        env["JETSPEC_DRAFT_VOCAB"] = config.draft_vocab
     return ServerSpec(model=model, head=head if config.speculative else None, budget=config.budget,
                       depth=config.depth, device=device, dtype=dtype, max_total_tokens=max_total_tokens,
                       max_running_requests=max_running_requests, extra_args=list(extra_args), env=env)

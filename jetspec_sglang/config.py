@@ -13,6 +13,7 @@ from dataclasses import dataclass
 TREE_ALGOS = ("accum_logp", "top2gap", "best_first")
 BACKENDS = ("auto", "torch", "triton")
 DRAFT_TOPK_DTYPES = ("auto", "model", "bfloat16")  # draft_topk.py: the dtype the draft rows are projected in
+DRAFT_VOCAB_WORDS = ("auto", "full")  # draft_vocab.py: the head's default subset / every token (or a size)
 # Largest tree SGLang's tree helpers accept (build_tree_kernel / reconstruct_indices: draft_token_num <= 1024).
 MAX_BUDGET = 1024
 # A budget ladder is a tuple of (max_running_requests, budget) steps; see `budget_for_batch`.
@@ -39,6 +40,9 @@ class JetSpecConfig:
     budget_explore: float = 0.02  # auto: at most this fraction of decode time re-measures other budgets
     budget_schedule: tuple[int, ...] = ()  # test mode: budgets cycled step by step, overriding every other rule
     draft_topk_dtype: str = "auto"  # CPU draft top-K projection: "auto" (bf16 copy if measured faster), "model", "bfloat16"
+    # CPU draft top-K vocabulary (draft_vocab.py): "auto" (the head's draft_vocab.json at its default size, else
+    # every token), "full", or a size "16384" (the most frequent tokens of the head's file)
+    draft_vocab: str = "auto"
 
     def __post_init__(self) -> None:
         _check_int("budget", self.budget, 1, MAX_BUDGET, "JETSPEC_BUDGET / --speculative-num-draft-tokens")
@@ -56,6 +60,13 @@ class JetSpecConfig:
         if self.draft_topk_dtype not in DRAFT_TOPK_DTYPES:
             raise ConfigError(f"draft_topk_dtype={self.draft_topk_dtype!r} is not supported; set "
                               f"JETSPEC_DRAFT_TOPK_DTYPE to one of {DRAFT_TOPK_DTYPES}")
+        try:
+            if not isinstance(self.draft_vocab, str):
+                raise ConfigError("not text")
+            parse_draft_vocab(self.draft_vocab)
+        except ConfigError:
+            raise ConfigError(f"draft_vocab={self.draft_vocab!r} is not 'auto', 'full' or a positive size; set "
+                              "JETSPEC_DRAFT_VOCAB to e.g. 16384, or 'full'") from None
         _check_ladder(self.budget_ladder, self.budget)
         if not (0.0 <= self.budget_explore <= 1.0):
             raise ConfigError(f"budget_explore={self.budget_explore!r} must be in [0, 1]; set JETSPEC_BUDGET_EXPLORE "
@@ -129,6 +140,15 @@ def parse_budget(text: str) -> int | str:
     return AUTO if text.strip().lower() == AUTO else int(text)
 
 
+def parse_draft_vocab(text: str) -> str:
+    """JETSPEC_DRAFT_VOCAB: 'auto', 'full' or a positive size, normalised. ' Full' -> 'full', '16384' -> '16384'."""
+    value = str(text).strip().lower()
+    if value in DRAFT_VOCAB_WORDS or (value.isdigit() and int(value) > 0):
+        return value
+    raise ConfigError(f"JETSPEC_DRAFT_VOCAB={text!r} is not 'auto', 'full' or a positive size; use e.g. "
+                      "JETSPEC_DRAFT_VOCAB=16384, or 'full' to draft from every token")
+
+
 AUTO = "auto"
 # Environment variable -> (field, parser). Read only by `config_from_env`.
 ENV_VARS = {
@@ -143,6 +163,7 @@ ENV_VARS = {
     "JETSPEC_BUDGET_EXPLORE": ("budget_explore", float),
     "JETSPEC_BUDGET_SCHEDULE": ("budget_schedule", parse_schedule),
     "JETSPEC_DRAFT_TOPK_DTYPE": ("draft_topk_dtype", str),
+    "JETSPEC_DRAFT_VOCAB": ("draft_vocab", parse_draft_vocab),
 }
 
 

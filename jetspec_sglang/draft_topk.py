@@ -5,6 +5,8 @@ The draft top-K only shapes the tree; acceptance compares draft tokens with the 
 through a bf16 copy of an fp32 target's LM head is lossless: it can change which nodes the tree holds, never which
 tokens are emitted. On this project's AVX-512 bf16 CPU the SmolLM2 [L, 576] x [576, 49152] product with its top-K
 and normaliser took 7.0 vs 17.9 ms (L = 7) and 9.2 vs 31.9 ms (L = 15) in bf16 vs fp32.
+A draft vocabulary subset (draft_vocab.py) keeps only its S rows of the weight: the product reads S / V of it and
+the log-probs are normalised over the subset (also lossless, for the same reason).
 Pure torch; the SGLang worker (glue/worker.py) owns one `DraftProjection` per server.
 """
 from __future__ import annotations
@@ -36,17 +38,25 @@ def topk_logprobs(hidden_TM: torch.Tensor, weight_VM: torch.Tensor, k: int) -> t
 class DraftProjection:
     """The LM-head weight the draft rows are projected through, and why it was chosen."""
 
-    weight_VM: torch.Tensor  # [V, M]; the target's weight, or its bf16 copy
+    weight_VM: torch.Tensor  # [V, M] (or [S, M] rows of a subset); the target's weight, or its bf16 copy
     reason: str  # for the start-up log, e.g. "bfloat16 copy: 2.1 ms vs 9.0 ms (torch.float32) per [7 x 576] x [576 x 49152]"
+    ids_S: torch.Tensor | None = None  # int64 [S]: the token id of each weight row (a subset), None: row = id
 
     @classmethod
-    def build(cls, weight_VM: torch.Tensor, mode: str, rows: int) -> "DraftProjection":
+    def build(cls, weight_VM: torch.Tensor, mode: str, rows: int,
+              ids_S: torch.Tensor | None = None) -> "DraftProjection":
         """`mode`: "model" keeps the target's weight; "bfloat16" uses a bf16 copy when the weight is wider;
         "auto" times both on `rows` draft rows (PROBE_REPEATS each, best taken) and keeps the faster.
-        A bf16 weight is always kept as it is (no copy)."""
+        A bf16 weight is always kept as it is (no copy). `ids_S` (int64, distinct ids < V): draft from these tokens
+        only (their rows are copied out first)."""
         if mode not in DRAFT_TOPK_DTYPES:
             raise ValueError(f"draft top-K dtype {mode!r} is not one of {DRAFT_TOPK_DTYPES}; fix "
                              "JETSPEC_DRAFT_TOPK_DTYPE")
+        if ids_S is not None:
+            ids_S = ids_S.to(device=weight_VM.device, dtype=torch.int64)
+            full = cls.build(weight_VM.index_select(0, ids_S), mode, rows)
+            return cls(full.weight_VM, f"{full.reason}; {ids_S.numel()} of {weight_VM.shape[0]} vocabulary rows",
+                       ids_S)
         if mode == "model" or weight_VM.dtype in (torch.bfloat16, torch.float16):
             return cls(weight_VM, f"{weight_VM.dtype} (the target's LM head, mode {mode})")
         copy_VM = weight_VM.to(torch.bfloat16).contiguous()
@@ -60,7 +70,9 @@ class DraftProjection:
         return cls(weight_VM, f"{weight_VM.dtype}: {own_ms:.1f} ms vs {copy_ms:.1f} ms (bfloat16 copy) per {shape}")
 
     def __call__(self, hidden_TM: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return topk_logprobs(hidden_TM, self.weight_VM, k)
+        """(logprobs_TK fp32, ids_TK int64 token ids), as `topk_logprobs` over the projection's rows."""
+        logprobs_TK, rows_TK = topk_logprobs(hidden_TM, self.weight_VM, k)
+        return logprobs_TK, (rows_TK if self.ids_S is None else self.ids_S[rows_TK])
 
 
 def _best_ms(hidden_TM: torch.Tensor, weight_VM: torch.Tensor) -> float:

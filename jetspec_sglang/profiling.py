@@ -10,7 +10,8 @@ sends one short request after its measured ones finds all of them on disk (bench
 Off (the variable unset or empty): `active()` is None, the worker's `if prof:` checks are the whole cost and the
 scheduler is not wrapped. On CUDA each mark synchronises the device (profiling runs only).
 JETSPEC_PROFILE_OPS=START:COUNT additionally runs torch.profiler over COUNT decode steps from the START-th and
-writes its operator table (self CPU time) to FILE.ops.txt: where a phase's time goes, operator by operator.
+writes its operator table (self CPU time) to FILE.ops.txt, and the same split by input shapes to FILE.shapes.txt:
+where a phase's time goes, operator by operator.
 """
 from __future__ import annotations
 
@@ -59,7 +60,7 @@ class StepProfiler:
         if self._ops_window and self._steps == self._ops_window[0]:
             import torch.profiler
 
-            self._ops = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
+            self._ops = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True)
             self._ops.__enter__()
 
     def step_end(self) -> None:
@@ -71,6 +72,9 @@ class StepProfiler:
             self._ops.__exit__(None, None, None)
             with open(self.path + ".ops.txt", "w") as f:
                 f.write(self._ops.key_averages().table(sort_by="self_cpu_time_total", row_limit=60))
+            with open(self.path + ".shapes.txt", "w") as f:  # the same, split by input shapes (which matmul)
+                f.write(self._ops.key_averages(group_by_input_shape=True).table(sort_by="self_cpu_time_total",
+                                                                                row_limit=80))
             self._ops, self._ops_window = None, None
         self.records.append(self._step)
         self._step = None

@@ -64,6 +64,17 @@ def test_sweep_configs_names_and_server_flags():
         ["plain", "jetspec-b8"]
 
 
+def test_sweep_configs_draft_vocab_variants():
+    configs = sweep_configs([8], depth=7, width=4, chain=True, ladders=[], draft_vocabs=["full"])
+    assert [c.name for c in configs] == ["plain", "jetspec-b8", "chain-l7", "auto-b8", "jetspec-b8-vfull",
+                                         "auto-b8-vfull"]
+    assert "JETSPEC_DRAFT_VOCAB" not in server_spec(configs[1], "M", "H", "cpu", None, 8192, None, []).env
+    env = server_spec(configs[4], "M", "H", "cpu", None, 8192, None, []).env
+    assert env == {"JETSPEC_TREE_WIDTH": "4", "JETSPEC_BUDGET": "8", "JETSPEC_DRAFT_VOCAB": "full"}
+    with pytest.raises(ValueError, match="JETSPEC_DRAFT_VOCAB='some'"):
+        sweep_configs([8], depth=7, width=4, chain=False, ladders=[], draft_vocabs=["some"])
+
+
 def test_sweep_configs_refuse_bad_input():
     with pytest.raises(ValueError, match="depth \\+ 1"):
         sweep_configs([4], depth=7, width=4, chain=False, ladders=[])

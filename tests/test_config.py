@@ -41,6 +41,9 @@ BAD_FIELDS = [
     ("top2gap_beta", math.inf, "JETSPEC_TOP2GAP_BETA"),
     ("top2gap_gap0", math.nan, "JETSPEC_TOP2GAP_GAP0"),
     ("draft_topk_dtype", "float16", "JETSPEC_DRAFT_TOPK_DTYPE"),
+    ("draft_vocab", "0", "JETSPEC_DRAFT_VOCAB"),
+    ("draft_vocab", "half", "JETSPEC_DRAFT_VOCAB"),
+    ("draft_vocab", 16384, "JETSPEC_DRAFT_VOCAB"),
 ]
 
 
@@ -117,13 +120,13 @@ def test_config_from_env_reads_every_variable():
         "JETSPEC_BUDGET": "128", "JETSPEC_DEPTH": " 20 ", "JETSPEC_TREE_WIDTH": "5", "JETSPEC_TREE_ALGO": "top2gap",
         "JETSPEC_TOP2GAP_BETA": "1.5", "JETSPEC_TOP2GAP_GAP0": "-0.25", "JETSPEC_OPS_BACKEND": "torch",
         "JETSPEC_BUDGET_LADDER": "1:128,8:32", "JETSPEC_BUDGET_EXPLORE": "0.05", "JETSPEC_BUDGET_SCHEDULE": "128,1",
-        "JETSPEC_DRAFT_TOPK_DTYPE": "model", "UNRELATED": "x",
+        "JETSPEC_DRAFT_TOPK_DTYPE": "model", "JETSPEC_DRAFT_VOCAB": " 16384", "UNRELATED": "x",
     }
     cfg = config_from_env(env)
     assert cfg == JetSpecConfig(budget=128, depth=20, width=5, tree_algo="top2gap", top2gap_beta=1.5,
                                 top2gap_gap0=-0.25, backend="torch", budget_ladder=((1, 128), (8, 32)),
                                 budget_auto=False, budget_explore=0.05, budget_schedule=(128, 1),
-                                draft_topk_dtype="model")
+                                draft_topk_dtype="model", draft_vocab="16384")
     assert set(ENV_VARS) == {k for k in env if k.startswith("JETSPEC_")}, "every JETSPEC_* variable is covered"
 
 
@@ -152,6 +155,8 @@ def test_config_from_env_defaults_to_os_environ(monkeypatch):
     ("JETSPEC_TREE_ALGO", "heap", "tree_algo='heap'"),
     ("JETSPEC_OPS_BACKEND", "cuda", "backend='cuda'"),
     ("JETSPEC_DRAFT_TOPK_DTYPE", "fp8", "JETSPEC_DRAFT_TOPK_DTYPE"),
+    ("JETSPEC_DRAFT_VOCAB", "-3", "JETSPEC_DRAFT_VOCAB='-3'"),
+    ("JETSPEC_DRAFT_VOCAB", "16k", "JETSPEC_DRAFT_VOCAB='16k'"),
     ("JETSPEC_BUDGET_LADDER", "1:64;4:16", "JETSPEC_BUDGET_LADDER"),
     ("JETSPEC_BUDGET_LADDER", "1:128", "budget=64"),
 ])

@@ -394,6 +394,9 @@ REJECTIONS = {  # name -> (ServerArgs fields, {env var: value}, regex the messag
     "ladder_syntax": ({}, {"JETSPEC_BUDGET_LADDER": "1:64,x"}, r"JETSPEC_BUDGET_LADDER item 'x'"),
     "ladder_over_budget": ({}, {"JETSPEC_BUDGET_LADDER": "1:100"}, r"budget_ladder budget=100.*JETSPEC_BUDGET_LADDER"),
     "ladder_order": ({}, {"JETSPEC_BUDGET_LADDER": "4:16,2:8"}, r"increasing max_requests.*JETSPEC_BUDGET_LADDER"),
+    "draft_vocab_setting": ({}, {"JETSPEC_DRAFT_VOCAB": "lots"}, r"JETSPEC_DRAFT_VOCAB='lots' is not 'auto'"),
+    "draft_vocab_without_file": ({}, {"JETSPEC_DRAFT_VOCAB": "64"},
+                                 r"JETSPEC_DRAFT_VOCAB=64 needs draft_vocab.json .*train draft-vocab"),
 }
 
 
@@ -417,6 +420,25 @@ def test_validate_rejects_head_folders_that_are_not_jetspec_heads(algo, target, 
     (broken / "config.json").write_text("{not json")
     with pytest.raises(JetSpecArgError, match=r"config.json is not valid JSON"):
         record_foreign_defaults(server_args(target, broken, device="cpu"), "t", algo.validate_server_args)
+
+
+def test_validate_checks_the_heads_draft_vocabulary(algo, target, head, tmp_path, monkeypatch):
+    import shutil
+
+    import torch
+
+    from jetspec_sglang.draft_vocab import FILE, DraftVocab, save_draft_vocab
+
+    copy = tmp_path / "head"
+    shutil.copytree(head, copy)
+    save_draft_vocab(str(copy), DraftVocab(torch.arange(7), 3, "seven tokens"))
+    with pytest.raises(JetSpecArgError, match=r"ranks 7 tokens, the target's vocabulary has \d+.*another target"):
+        record_foreign_defaults(server_args(target, copy, device="cpu"), "t", algo.validate_server_args)
+    (copy / FILE).write_text("[1, 2")
+    with pytest.raises(JetSpecArgError, match=r"draft_vocab.json: unreadable draft vocabulary"):
+        record_foreign_defaults(server_args(target, copy, device="cpu"), "t", algo.validate_server_args)
+    monkeypatch.setenv("JETSPEC_DRAFT_VOCAB", "full")  # the file is not read at all
+    record_foreign_defaults(server_args(target, copy, device="cpu"), "t", algo.validate_server_args)
 
 
 def test_validate_accepts_the_supported_combinations(algo, target, head, monkeypatch):

@@ -169,6 +169,18 @@ def check_head_files(sa, head: dict) -> None:
                               f"{e}") from None
     if os.path.isdir(str(path)):
         check_head_weights(str(path), config)
+    check_draft_vocab(path, int(getattr(target, "vocab_size", 0) or 0))
+
+
+def check_draft_vocab(path, vocab_size: int) -> None:
+    """The draft vocabulary JETSPEC_DRAFT_VOCAB asks for must resolve now (a broken draft_vocab.json, one built for
+    another vocabulary, or a size without a file), not when the worker starts."""
+    from jetspec_sglang.draft_vocab import resolve_draft_vocab
+
+    try:
+        resolve_draft_vocab(str(path), config_from_env().draft_vocab, vocab_size)
+    except ConfigError as e:  # DraftVocabError included
+        raise JetSpecArgError(f"--speculative-draft-model-path {path}: {e}") from None
 
 
 def check_head_weights(path: str, config) -> None:

@@ -35,6 +35,7 @@ from sglang.srt.utils import is_cpu
 from jetspec_sglang import ops, profiling
 from jetspec_sglang.config import config_from_env
 from jetspec_sglang.draft_topk import DraftProjection
+from jetspec_sglang.draft_vocab import DraftVocabError, resolve_draft_vocab
 from jetspec_sglang.glue import hooks, limits
 from jetspec_sglang.glue.budget_feed import BudgetFeed
 from jetspec_sglang.tree import empty_tree, top2gap_fanout_caps
@@ -88,7 +89,8 @@ class JetSpecWorker(DFlashWorkerV2):
         # CPU: the draft rows are projected through the target's LM head by DraftProjection (a bf16 copy of an
         # fp32 head where measured faster; lossless, draft_topk.py); GPU: SGLang's candidate_topk kernels.
         self._draft_projection = (_cpu_draft_projection(self.target_worker.model_runner.model.lm_head, self.depth,
-                                                        self.jetspec.draft_topk_dtype) if on_cpu else None)
+                                                        self.jetspec, server_args.speculative_draft_model_path)
+                                  if on_cpu else None)
         self._prof = profiling.active()  # None unless JETSPEC_PROFILE is set (bench/bench_round.py)
         if self._prof is not None and str(self.device).startswith("cuda"):
             self._prof.sync = torch.cuda.synchronize
@@ -348,16 +350,22 @@ class _DropDflashSizingLogs(logging.Filter):
 _DFLASH_SIZING_LOGS = _DropDflashSizingLogs()
 
 
-def _cpu_draft_projection(lm_head, depth: int, mode: str) -> DraftProjection | None:
-    """The CPU draft top-K's projection over the target's original vocabulary (padding rows cut), or None where
-    SGLang's candidate_topk must run: a quantized or vocabulary-sharded (TP > 1) LM head (the same screen as
-    candidate_topk's)."""
+def _cpu_draft_projection(lm_head, depth: int, config, head_dir: str | None) -> DraftProjection | None:
+    """The CPU draft top-K's projection over the target's original vocabulary (padding rows cut), restricted to the
+    draft vocabulary `config.draft_vocab` resolves to (draft_vocab.py), or None where SGLang's candidate_topk must
+    run: a quantized or vocabulary-sharded (TP > 1) LM head (the same screen as candidate_topk's)."""
     head = unwrap_lora_layer(lm_head)
     weight = getattr(head, "weight", None)
     if should_apply_lm_head_quant_method(head, getattr(head, "quant_method", None)) \
             or not is_dense_head_weight(weight) or get_parallel().tp_size != 1:
         return None
-    return DraftProjection.build(weight.detach()[:int(head.org_vocab_size)], mode, rows=depth)
+    vocab_size = int(head.org_vocab_size)
+    ids_S, why = resolve_draft_vocab(head_dir, config.draft_vocab, vocab_size)
+    if ids_S is not None and ids_S.numel() < config.width:
+        raise DraftVocabError(f"JETSPEC_DRAFT_VOCAB={config.draft_vocab}: {ids_S.numel()} draft tokens < the tree "
+                              f"width {config.width}; use a larger size or JETSPEC_DRAFT_VOCAB=full")
+    logger.info("JETSPEC draft vocabulary: %s", why)
+    return DraftProjection.build(weight.detach()[:vocab_size], config.draft_topk_dtype, rows=depth, ids_S=ids_S)
 
 
 def fast_topk_width(width: int, on_cuda: bool) -> int:

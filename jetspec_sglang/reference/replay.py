@@ -40,11 +40,13 @@ class Trajectory:
 
 @torch.no_grad()
 def draft_all_anchors(head: DraftHead, taps_TF: torch.Tensor, seq_T: torch.Tensor, anchors_A: torch.Tensor,
-                      width: int, chunk: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+                      width: int, chunk: int = 32, vocab_ids_S: torch.Tensor | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-depth top-`width` (tokens_ALK int64, logprobs_ALK float32) of the head's draft at every anchor.
 
     Block a is [seq[anchor_a], MASK x L] at positions anchor_a + k; its context is the taps strictly before the
-    anchor (the training mask, `build_block_mask`). Chunked over anchors to bound memory.
+    anchor (the training mask, `build_block_mask`). Chunked over anchors to bound memory. `vocab_ids_S` (int64):
+    draft from these tokens only, normalised over them (the serving worker's draft vocabulary, draft_vocab.py).
     """
     embed, lm_head = head._target()
     Q, L = head.config.block_size, head.config.depth
@@ -57,8 +59,12 @@ def draft_all_anchors(head: DraftHead, taps_TF: torch.Tensor, seq_T: torch.Tenso
         hidden_1RM = head.forward_blocks(context_1SM, embed(ids_1R), block_positions(anchors_1A, Q),
                                          build_block_mask(anchors_1A, s, Q, head.config.causal_head))
         hidden_ALM = hidden_1RM.view(anchors_1A.shape[1], Q, -1)[:, 1:]
-        logprobs_ALV = torch.log_softmax(lm_head(hidden_ALM.to(lm_head.weight.dtype)).float(), dim=-1)
-        values, tokens = torch.topk(logprobs_ALV, width, dim=-1)
+        logits_ALV = lm_head(hidden_ALM.to(lm_head.weight.dtype))
+        if vocab_ids_S is not None:
+            logits_ALV = logits_ALV.index_select(-1, vocab_ids_S)  # [A, L, S]
+        values, tokens = torch.topk(torch.log_softmax(logits_ALV.float(), dim=-1), width, dim=-1)
+        if vocab_ids_S is not None:
+            tokens = vocab_ids_S[tokens]
         out_tokens.append(tokens)
         out_logprobs.append(values)
     return torch.cat(out_tokens)[:, :L], torch.cat(out_logprobs)[:, :L]

@@ -8,6 +8,7 @@
   generate    GPU regeneration in large HF `generate` batches, sharded over processes (train/generate_batched.py)
   online      distil against the live target on CPU, one GPU or torchrun (train/online.py); no cache
   natural     the datasets' own answers to train-split prompts as training sequences (train/natural.py)
+  draft-vocab rank the target's tokens by how often its responses use them -> HEAD/draft_vocab.json (draft_vocab.py)
 Large outputs go under ${JETSPEC_CACHE:-~/.cache/jetspec_sglang}/train/. Imports no sglang.
 """
 from __future__ import annotations
@@ -293,6 +294,37 @@ def _run_curves(a) -> None:
     print(table, end="")  # the CLI's result
 
 
+def _add_draft_vocab(sub) -> None:
+    p = sub.add_parser("draft-vocab", help="rank the target's tokens by use in its responses -> HEAD/draft_vocab.json")
+    p.add_argument("--head", required=True, help="head folder; the file is written there")
+    p.add_argument("--data", default=None, help="responses JSONL files (.jsonl or .jsonl.xz), comma-separated; "
+                   "default: the head's training_data.jsonl.xz (the target's own regenerations)")
+    p.add_argument("--default-size", type=int, default=16384, help="the size JETSPEC_DRAFT_VOCAB=auto drafts from")
+
+
+def _run_draft_vocab(a) -> None:
+    import lzma
+
+    from jetspec_sglang.draft_head_config import DraftHeadConfig
+    from jetspec_sglang.draft_vocab import DraftVocab, count_tokens, rank_tokens, save_draft_vocab
+
+    files = [x for x in (a.data or str(pathlib.Path(a.head) / "training_data.jsonl.xz")).split(",") if x]
+    vocab_size = DraftHeadConfig.from_dict(json.loads((pathlib.Path(a.head) / "config.json").read_text())).vocab_size
+
+    def responses():
+        for name in files:
+            with (lzma.open(name, "rt") if name.endswith(".xz") else open(name)) as f:
+                for line in f:
+                    if line.strip():
+                        yield json.loads(line)["response_ids"]
+
+    counts_V = count_tokens(responses(), vocab_size)
+    source = (f"{int(counts_V.sum())} response tokens of {', '.join(pathlib.Path(x).name for x in files)}; "
+              f"{int((counts_V > 0).sum())} distinct")
+    path = save_draft_vocab(a.head, DraftVocab(rank_tokens(counts_V), min(a.default_size, vocab_size), source))
+    print(json.dumps({"out": path, "source": source, "default_size": a.default_size}))  # the CLI's result
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m jetspec_sglang.train", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -306,12 +338,13 @@ def main(argv: list[str] | None = None) -> int:
     _add_score(sub)
     _add_natural(sub)
     _add_curves(sub)
+    _add_draft_vocab(sub)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     {"regenerate": _run_regenerate, "cache": _run_cache, "fit": _run_fit, "eval": _run_eval, "prompts": _run_prompts,
      "generate": _run_generate, "online": _run_online, "score": _run_score,
-     "natural": _run_natural, "curves": _run_curves}[args.command](args)
+     "natural": _run_natural, "curves": _run_curves, "draft-vocab": _run_draft_vocab}[args.command](args)
     return 0
 
 
