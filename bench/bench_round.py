@@ -53,6 +53,9 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--tokens", type=int, default=48, help="new tokens per request (ignore_eos)")
     p.add_argument("--skip", type=int, default=2, help="first decode steps of each run left out")
     p.add_argument("--reps", type=int, default=2, help="runs per server and batch size, alternating servers")
+    p.add_argument("--instances", type=int, default=1,
+                   help="start every server this many times, one set after the other; each number reported is the "
+                        "median over instances (server instances differ by up to ~15 %% in step time on this CPU)")
     p.add_argument("--max-total-tokens", type=int, default=8192)
     p.add_argument("--mem-fraction-static", type=float, default=0.2,
                    help="server flag (on CPU a fraction of RAM, measured while other processes load; "
@@ -99,6 +102,28 @@ def summarize(records: list[dict]) -> dict | None:
     if phases:
         out["phases_ms"]["worker_other"] = med([r["run_s"] - sum(r["phases"].values()) for r in steps])
     out["phases_ms"]["scheduler"] = out["scheduler_ms"]
+    return out
+
+
+def measure_instances(specs: dict[str, ServerSpec], prompts, args, out: Path) -> dict[str, dict]:
+    """`measure` --instances times (instance i under out/i when there are several); every number of a summary is
+    the median over the instances' summaries. Returns {label: {bs: summary}}."""
+    if args.instances == 1:
+        return measure(specs, prompts, args, out)
+    runs = [measure(specs, prompts, args, out / str(i)) for i in range(args.instances)]
+    return {label: {bs: median_summary([run[label][bs] for run in runs if run[label].get(bs)])
+                    for bs in args.batch} for label in specs}
+
+
+def median_summary(summaries: list[dict]) -> dict | None:
+    """Field by field (phases included) median of several instances' summaries; None when there are none.
+    Example: period_ms 70, 66, 81 -> 70."""
+    if not summaries:
+        return None
+    out = {k: statistics.median(s[k] for s in summaries) for k in summaries[0] if k != "phases_ms"}
+    phases = {p for s in summaries for p in s["phases_ms"]}
+    out["phases_ms"] = {p: statistics.median(s["phases_ms"].get(p, 0.0) for s in summaries) for p in phases}
+    out["instances"] = len(summaries)
     return out
 
 
@@ -204,7 +229,7 @@ def main(argv=None) -> int:
                 specs[_label(dtype, N, vocab, args)] = ServerSpec(
                     **base, head=head, **_budget_flags(N, args.depth),
                     env={"JETSPEC_TREE_WIDTH": str(args.width), "JETSPEC_DRAFT_VOCAB": vocab, **_budget_env(N)})
-        res = measure(specs, prompts, args, out)
+        res = measure_instances(specs, prompts, args, out)
         everything.update({label.replace("-", "/", 1): r for label, r in res.items()})
         plain = res[f"{dtype}-plain"]
         for N, vocab in ((N, vocab) for N in args.budgets for vocab in args.draft_vocabs):

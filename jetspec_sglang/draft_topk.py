@@ -12,7 +12,7 @@ Pure torch; the SGLang worker (glue/worker.py) owns one `DraftProjection` per se
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -21,17 +21,22 @@ from jetspec_sglang.config import DRAFT_TOPK_DTYPES
 PROBE_REPEATS = 3
 
 
-def topk_logprobs(hidden_TM: torch.Tensor, weight_VM: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+def topk_logprobs(hidden_TM: torch.Tensor, weight_VM: torch.Tensor, k: int,
+                  work_2TV: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-k of log_softmax(hidden_TM @ weight_VM.T) per row: (logprobs_TK fp32, ids_TK int64), sorted descending.
 
-    The softmax normaliser covers the whole vocabulary: exp in the projection dtype, summed and logged in fp32.
+    The softmax normaliser covers the whole vocabulary: exp in the projection dtype (no [T, V] fp32 copy), summed
+    with fp32 accumulation (|error| of the log-probs ~1e-2 in bf16). `work_2TV`: two [T, V] tensors of the weight's
+    dtype to compute in, reused across calls: on this project's CPU a fresh [T, V] tensor every round costs more in
+    page faults (~4 ns per element) than the arithmetic on it.
     """
-    logits_TV = torch.matmul(hidden_TM.to(weight_VM.dtype), weight_VM.T)
+    if work_2TV is None:
+        work_2TV = (None, None)
+    logits_TV = torch.matmul(hidden_TM.to(weight_VM.dtype), weight_VM.T, out=work_2TV[0])
     values_TK, ids_TK = torch.topk(logits_TV, k, dim=-1)  # sorted descending
     rowmax_T1 = values_TK[:, :1]
-    # exp in the logits' dtype (no [T, V] fp32 copy), summed in fp32: |error| of the log-probs ~1e-2 in bf16
-    sumexp_T1 = (logits_TV - rowmax_T1).exp().sum(dim=-1, keepdim=True, dtype=torch.float32)
-    return values_TK.float() - (rowmax_T1.float() + sumexp_T1.log()), ids_TK.long()
+    sumexp_T1 = torch.sub(logits_TV, rowmax_T1, out=work_2TV[1]).exp_().sum(dim=-1, keepdim=True)
+    return values_TK.float() - (rowmax_T1.float() + sumexp_T1.float().log()), ids_TK.long()
 
 
 @dataclass(frozen=True)
@@ -41,6 +46,7 @@ class DraftProjection:
     weight_VM: torch.Tensor  # [V, M] (or [S, M] rows of a subset); the target's weight, or its bf16 copy
     reason: str  # for the start-up log, e.g. "bfloat16 copy: 2.1 ms vs 9.0 ms (torch.float32) per [7 x 576] x [576 x 49152]"
     ids_S: torch.Tensor | None = None  # int64 [S]: the token id of each weight row (a subset), None: row = id
+    _work: dict = field(default_factory=dict, compare=False, repr=False)  # topk_logprobs' two work tensors
 
     @classmethod
     def build(cls, weight_VM: torch.Tensor, mode: str, rows: int,
@@ -71,7 +77,12 @@ class DraftProjection:
 
     def __call__(self, hidden_TM: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(logprobs_TK fp32, ids_TK int64 token ids), as `topk_logprobs` over the projection's rows."""
-        logprobs_TK, rows_TK = topk_logprobs(hidden_TM, self.weight_VM, k)
+        T, V = hidden_TM.shape[0], self.weight_VM.shape[0]
+        if self._work.get("rows", 0) < T:  # grown to the most rows seen; smaller calls use the leading rows
+            self._work.update(rows=T, pair=[torch.empty(T, V, dtype=self.weight_VM.dtype,
+                                                        device=self.weight_VM.device) for _ in range(2)])
+        work_2TV = (self._work["pair"][0][:T], self._work["pair"][1][:T])
+        logprobs_TK, rows_TK = topk_logprobs(hidden_TM, self.weight_VM, k, work_2TV)
         return logprobs_TK, (rows_TK if self.ids_S is None else self.ids_S[rows_TK])
 
 

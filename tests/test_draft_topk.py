@@ -48,3 +48,16 @@ def test_build_modes(weights):
 def test_bad_mode_names_the_variable(weights):
     with pytest.raises(ValueError, match="JETSPEC_DRAFT_TOPK_DTYPE"):
         DraftProjection.build(weights[0], "fp8", rows=T)
+
+
+def test_projection_reuses_its_work_tensors_across_row_counts(weights):
+    weight_VM, hidden_TM = weights
+    projection = DraftProjection.build(weight_VM, "model", rows=T)
+    for rows in (3, T, 2, T):  # grows to T, then smaller calls use the leading rows of the same tensors
+        logprobs_TK, ids_TK = projection(hidden_TM[:rows], K)
+        want_TK, want_ids_TK = topk_logprobs(hidden_TM[:rows], weight_VM, K)
+        assert torch.equal(ids_TK, want_ids_TK)
+        torch.testing.assert_close(logprobs_TK, want_TK, atol=1e-5, rtol=1e-5)
+    first = projection(hidden_TM[:2], K)[0].clone()
+    projection(hidden_TM[2:4], K)
+    assert torch.equal(projection(hidden_TM[:2], K)[0], first), "results do not alias the work tensors"

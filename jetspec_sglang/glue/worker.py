@@ -91,6 +91,11 @@ class JetSpecWorker(DFlashWorkerV2):
         self._draft_projection = (_cpu_draft_projection(self.target_worker.model_runner.model.lm_head, self.depth,
                                                         self.jetspec, server_args.speculative_draft_model_path)
                                   if on_cpu else None)
+        # CPU: the verify's fp32 logits are copied into one reused buffer (SGLang's next_token_logits_buffer, which
+        # its CUDA graphs use the same way) instead of a fresh [B * N, V] tensor per step, whose page faults cost
+        # ~4 ns per element on this project's CPU (bf16/fp16 targets: their logits are cast to fp32 there).
+        self._verify_logits_rows = _verify_logits_rows(self.target_worker.model_runner) if on_cpu else 0
+        self._verify_logits_buf = None
         self._prof = profiling.active()  # None unless JETSPEC_PROFILE is set (bench/bench_round.py)
         if self._prof is not None and str(self.device).startswith("cuda"):
             self._prof.sync = torch.cuda.synchronize
@@ -255,6 +260,8 @@ class JetSpecWorker(DFlashWorkerV2):
         verify_batch, can_run_graph = eagle_prepare_for_verify(verify_input, self.target_worker.model_runner
                                                                .req_to_token_pool, batch, self.target_worker)
         batch.seq_lens_cpu, batch.seq_lens_sum = saved
+        if bs * N <= self._verify_logits_rows:
+            verify_batch.next_token_logits_buffer = self._verify_logits(bs * N)
         if prof:
             prof.lap("verify_prepare")
         grammar_tree = (GrammarTree.from_device(verify_input.retrieve_next_token, verify_input.retrieve_next_sibling,
@@ -305,6 +312,13 @@ class JetSpecWorker(DFlashWorkerV2):
             indexer_topk_output=target_out.indexer_topk_output, extra_keep_alive_refs=[verify_batch],
         )
 
+    def _verify_logits(self, rows: int) -> torch.Tensor:
+        """fp32 [rows, V] view of the reused verify-logits buffer (grown to the most rows seen)."""
+        if self._verify_logits_buf is None or self._verify_logits_buf.shape[0] < rows:
+            vocab = int(self.target_worker.model_runner.model_config.vocab_size)
+            self._verify_logits_buf = torch.empty(rows, vocab, dtype=torch.float32, device=self.device)
+        return self._verify_logits_buf[:rows]
+
     def _append_committed_to_draft_kv(self, hidden_TM, accept_BC, accept_lens_B, verify_plan, prefix_B, N):
         """Draft KV of the committed path: row r of request b (accepted node accept_BC[b, r], position prefix + r)
         goes to the r-th slot of b's window. Only the C <= L + 1 path rows are projected through the head's fc and
@@ -318,6 +332,17 @@ class JetSpecWorker(DFlashWorkerV2):
             cache_loc_2d=cache_loc_BC, positions=(prefix_B[:, None] + torch.arange(C, device=self.device)).reshape(-1),
             commit_lens=accept_lens_B.to(torch.int32),
         )
+
+
+VERIFY_LOGITS_BUFFER_BYTES = 256 << 20  # the reused CPU verify-logits buffer grows to at most this
+
+
+def _verify_logits_rows(model_runner) -> int:
+    """Most verify rows (B * N) whose fp32 logits go to the reused buffer: 0 for an fp32 target (its logits are
+    fp32 already; a buffer would add a copy), else what fits VERIFY_LOGITS_BUFFER_BYTES."""
+    if model_runner.model_config.dtype == torch.float32:
+        return 0
+    return VERIFY_LOGITS_BUFFER_BYTES // (4 * int(model_runner.model_config.vocab_size))
 
 
 def prefix_exact_draft(draft_model) -> bool:
