@@ -79,6 +79,7 @@ class Args:
     chain: bool
     auto: bool
     ladders: tuple
+    draft_vocabs: tuple
     groups: tuple
     prompts_per_dataset: int
     output_len: int
@@ -187,7 +188,8 @@ def parse(argv=None) -> Args:
     depth = a.depth if a.depth is not None else (head_depth(a.head) if a.head else None)
     return Args(model=a.model, head=a.head, attach=tuple(a.attach), out=Path(a.out), device=a.device,
                 dtype=None if a.dtype == "auto" else a.dtype, budgets=tuple(a.budgets), depth=depth, width=a.width,
-                chain=a.chain, auto=a.auto, ladders=tuple(a.ladder), groups=tuple(a.groups),
+                chain=a.chain, auto=a.auto, ladders=tuple(a.ladder), draft_vocabs=tuple(a.draft_vocabs),
+                groups=tuple(a.groups),
                 prompts_per_dataset=a.prompts_per_dataset, output_len=a.output_len,
                 concurrency=tuple(a.concurrency), request_rates=tuple(a.request_rates), waves=a.waves,
                 min_prompts=a.min_prompts, rate_num_prompts=a.rate_num_prompts, rate_max_concurrency=rate_cap,

@@ -111,6 +111,9 @@ def test_parse_cpu_quick_preset_and_overrides(tmp_path):
                                 "--server-args", "--attention-backend torch_native"])
     assert (args.budgets, args.depth, args.server_args) == ((12,), 11, ("--attention-backend", "torch_native"))
     assert bench_serving.parse(["--model", "m", "--head", str(head)]).depth == 15  # the head's block_size - 1
+    assert args.draft_vocabs == ()
+    args = bench_serving.parse(["--cpu-quick", "--head", str(head), "--draft-vocabs", "full", "8192"])
+    assert args.draft_vocabs == ("full", "8192")
 
 
 @pytest.mark.parametrize("argv, message", [

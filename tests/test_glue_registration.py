@@ -428,6 +428,7 @@ def test_validate_checks_the_heads_draft_vocabulary(algo, target, head, tmp_path
     import torch
 
     from jetspec_sglang.draft_vocab import FILE, DraftVocab, save_draft_vocab
+    from jetspec_sglang.glue.args import check_draft_vocab
 
     copy = tmp_path / "head"
     shutil.copytree(head, copy)
@@ -437,6 +438,11 @@ def test_validate_checks_the_heads_draft_vocabulary(algo, target, head, tmp_path
     (copy / FILE).write_text("[1, 2")
     with pytest.raises(JetSpecArgError, match=r"draft_vocab.json: unreadable draft vocabulary"):
         record_foreign_defaults(server_args(target, copy, device="cpu"), "t", algo.validate_server_args)
+    save_draft_vocab(str(copy), DraftVocab(torch.arange(7), 3, "seven tokens"))
+    monkeypatch.setenv("JETSPEC_DRAFT_VOCAB", "2")
+    with pytest.raises(JetSpecArgError, match=r"JETSPEC_DRAFT_VOCAB=2: 2 draft tokens < the tree width"):
+        check_draft_vocab(str(copy), 7)
+    (copy / FILE).write_text("[1, 2")
     monkeypatch.setenv("JETSPEC_DRAFT_VOCAB", "full")  # the file is not read at all
     record_foreign_defaults(server_args(target, copy, device="cpu"), "t", algo.validate_server_args)
 

@@ -178,9 +178,16 @@ def check_draft_vocab(path, vocab_size: int) -> None:
     from jetspec_sglang.draft_vocab import resolve_draft_vocab
 
     try:
-        resolve_draft_vocab(str(path), config_from_env().draft_vocab, vocab_size)
+        config = config_from_env()
+    except ConfigError as e:
+        raise JetSpecArgError(str(e)) from None
+    try:
+        ids_S, _ = resolve_draft_vocab(str(path), config.draft_vocab, vocab_size)
     except ConfigError as e:  # DraftVocabError included
         raise JetSpecArgError(f"--speculative-draft-model-path {path}: {e}") from None
+    if ids_S is not None and ids_S.numel() < config.width:
+        raise JetSpecArgError(f"JETSPEC_DRAFT_VOCAB={config.draft_vocab}: {ids_S.numel()} draft tokens < the tree "
+                              f"width JETSPEC_TREE_WIDTH={config.width}; use a larger size or JETSPEC_DRAFT_VOCAB=full")
 
 
 def check_head_weights(path: str, config) -> None:
