@@ -46,7 +46,7 @@ class DraftProjection:
     weight_VM: torch.Tensor  # [V, M] (or [S, M] rows of a subset); the target's weight, or its bf16 copy
     reason: str  # for the start-up log, e.g. "bfloat16 copy: 2.1 ms vs 9.0 ms (torch.float32) per [7 x 576] x [576 x 49152]"
     ids_S: torch.Tensor | None = None  # int64 [S]: the token id of each weight row (a subset), None: row = id
-    _work: dict = field(default_factory=dict, compare=False, repr=False)  # topk_logprobs' two work tensors
+    _work: list = field(default_factory=list, compare=False, repr=False)  # topk_logprobs' two [rows, V] work tensors
 
     @classmethod
     def build(cls, weight_VM: torch.Tensor, mode: str, rows: int,
@@ -78,10 +78,10 @@ class DraftProjection:
     def __call__(self, hidden_TM: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(logprobs_TK fp32, ids_TK int64 token ids), as `topk_logprobs` over the projection's rows."""
         T, V = hidden_TM.shape[0], self.weight_VM.shape[0]
-        if self._work.get("rows", 0) < T:  # grown to the most rows seen; smaller calls use the leading rows
-            self._work.update(rows=T, pair=[torch.empty(T, V, dtype=self.weight_VM.dtype,
-                                                        device=self.weight_VM.device) for _ in range(2)])
-        work_2TV = (self._work["pair"][0][:T], self._work["pair"][1][:T])
+        if not self._work or self._work[0].shape[0] < T:  # grown to the most rows seen; smaller calls use leading rows
+            self._work[:] = [torch.empty(T, V, dtype=self.weight_VM.dtype, device=self.weight_VM.device)
+                             for _ in range(2)]
+        work_2TV = (self._work[0][:T], self._work[1][:T])
         logprobs_TK, rows_TK = topk_logprobs(hidden_TM, self.weight_VM, k, work_2TV)
         return logprobs_TK, (rows_TK if self.ids_S is None else self.ids_S[rows_TK])
 

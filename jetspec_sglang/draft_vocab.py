@@ -18,11 +18,11 @@ from typing import Iterable
 
 import torch
 
-from jetspec_sglang.config import ConfigError, parse_draft_vocab
+from jetspec_sglang.config import DRAFT_VOCAB_WORDS, ConfigError, parse_draft_vocab
 
 FILE = "draft_vocab.json"
 FORMAT = "jetspec-draft-vocab-1"
-AUTO, FULL = "auto", "full"  # JETSPEC_DRAFT_VOCAB: the file's default size / every token / an integer size
+AUTO, FULL = DRAFT_VOCAB_WORDS  # JETSPEC_DRAFT_VOCAB: the file's default size / every token (or an integer size)
 
 
 class DraftVocabError(ConfigError):
@@ -98,9 +98,11 @@ def load_draft_vocab(head_dir: str) -> DraftVocab | None:
     return DraftVocab(ranked_V, default_size, source)
 
 
-def resolve_draft_vocab(head_dir: str | None, setting: str, vocab_size: int) -> tuple[torch.Tensor | None, str]:
+def resolve_draft_vocab(head_dir: str | None, setting: str, vocab_size: int,
+                        width: int = 1) -> tuple[torch.Tensor | None, str]:
     """(ids_S int64 ascending, or None for the full vocabulary; a line for the start-up log) for `setting` and the
-    target's vocabulary size V. 'auto' uses the head's file at its default size when it ships one."""
+    target's vocabulary size V. 'auto' uses the head's file at its default size when it ships one. A subset smaller
+    than the tree width K (`width`) raises: the per-depth top-K needs K candidates."""
     setting = parse_draft_vocab(setting)
     if setting == FULL:
         return None, "full vocabulary (JETSPEC_DRAFT_VOCAB=full)"
@@ -118,4 +120,7 @@ def resolve_draft_vocab(head_dir: str | None, setting: str, vocab_size: int) -> 
     size = vocab.default_size if setting == AUTO else int(setting)
     if size >= vocab_size:
         return None, f"full vocabulary ({size} >= {vocab_size} tokens)"
+    if size < width:
+        raise DraftVocabError(f"JETSPEC_DRAFT_VOCAB={setting}: {size} draft tokens < the tree width "
+                              f"JETSPEC_TREE_WIDTH={width}; use a larger size or JETSPEC_DRAFT_VOCAB=full")
     return vocab.subset(size), f"{size} of {vocab_size} tokens ({FILE}: {vocab.source}; JETSPEC_DRAFT_VOCAB={setting})"

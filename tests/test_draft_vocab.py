@@ -75,6 +75,10 @@ def test_resolve_settings(tmp_path):
     assert ids.tolist() == [0, 1, 4] and "3 of 5" in why
     assert resolve_draft_vocab(head, "full", 5)[0] is None
     assert resolve_draft_vocab(head, "5", 5)[0] is None, "a size >= V is the full vocabulary"
+    with pytest.raises(DraftVocabError, match=r"JETSPEC_DRAFT_VOCAB=3: 3 draft tokens < the tree width "
+                                               r"JETSPEC_TREE_WIDTH=4"):
+        resolve_draft_vocab(head, "3", 5, width=4)
+    assert resolve_draft_vocab(head, "3", 5, width=3)[0].tolist() == [0, 1, 4]
     with pytest.raises(DraftVocabError, match="another target"):
         resolve_draft_vocab(head, "auto", 6)
     with pytest.raises(ConfigError, match="JETSPEC_DRAFT_VOCAB"):

@@ -174,7 +174,7 @@ def check_head_files(sa, head: dict) -> None:
 
 def check_draft_vocab(path, vocab_size: int) -> None:
     """The draft vocabulary JETSPEC_DRAFT_VOCAB asks for must resolve now (a broken draft_vocab.json, one built for
-    another vocabulary, or a size without a file), not when the worker starts."""
+    another vocabulary, a size without a file or under the tree width), not when the worker starts."""
     from jetspec_sglang.draft_vocab import resolve_draft_vocab
 
     try:
@@ -182,12 +182,9 @@ def check_draft_vocab(path, vocab_size: int) -> None:
     except ConfigError as e:
         raise JetSpecArgError(str(e)) from None
     try:
-        ids_S, _ = resolve_draft_vocab(str(path), config.draft_vocab, vocab_size)
+        resolve_draft_vocab(str(path), config.draft_vocab, vocab_size, config.width)
     except ConfigError as e:  # DraftVocabError included
         raise JetSpecArgError(f"--speculative-draft-model-path {path}: {e}") from None
-    if ids_S is not None and ids_S.numel() < config.width:
-        raise JetSpecArgError(f"JETSPEC_DRAFT_VOCAB={config.draft_vocab}: {ids_S.numel()} draft tokens < the tree "
-                              f"width JETSPEC_TREE_WIDTH={config.width}; use a larger size or JETSPEC_DRAFT_VOCAB=full")
 
 
 def check_head_weights(path: str, config) -> None:

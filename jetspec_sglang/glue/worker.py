@@ -35,7 +35,7 @@ from sglang.srt.utils import is_cpu
 from jetspec_sglang import ops, profiling
 from jetspec_sglang.config import config_from_env
 from jetspec_sglang.draft_topk import DraftProjection
-from jetspec_sglang.draft_vocab import DraftVocabError, resolve_draft_vocab
+from jetspec_sglang.draft_vocab import resolve_draft_vocab
 from jetspec_sglang.glue import hooks, limits
 from jetspec_sglang.glue.budget_feed import BudgetFeed
 from jetspec_sglang.tree import empty_tree, top2gap_fanout_caps
@@ -385,10 +385,7 @@ def _cpu_draft_projection(lm_head, depth: int, config, head_dir: str | None) -> 
             or not is_dense_head_weight(weight) or get_parallel().tp_size != 1:
         return None
     vocab_size = int(head.org_vocab_size)
-    ids_S, why = resolve_draft_vocab(head_dir, config.draft_vocab, vocab_size)
-    if ids_S is not None and ids_S.numel() < config.width:
-        raise DraftVocabError(f"JETSPEC_DRAFT_VOCAB={config.draft_vocab}: {ids_S.numel()} draft tokens < the tree "
-                              f"width {config.width}; use a larger size or JETSPEC_DRAFT_VOCAB=full")
+    ids_S, why = resolve_draft_vocab(head_dir, config.draft_vocab, vocab_size, config.width)
     logger.info("JETSPEC draft vocabulary: %s", why)
     return DraftProjection.build(weight.detach()[:vocab_size], config.draft_topk_dtype, rows=depth, ids_S=ids_S)
 
