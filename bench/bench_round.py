@@ -50,6 +50,10 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--draft-vocabs", nargs="+", default=["auto"], metavar="V",
                    help="JETSPEC_DRAFT_VOCAB of the JETSPEC servers, one server per value and budget (auto: the "
                         "head's draft_vocab.json default; full; a size), e.g. --draft-vocabs full auto")
+    p.add_argument("--plain-packed", action="store_true",
+                   help="also run a plain server with JETSPEC_CPU_PACKED_WEIGHTS=on (the bit-identical packed bf16 "
+                        "weights a JETSPEC server uses on CPU by default): the table adds round / plain packed, the "
+                        "like-for-like ratio (JETSPEC servers follow the environment's setting, default auto)")
     p.add_argument("--tokens", type=int, default=48, help="new tokens per request (ignore_eos)")
     p.add_argument("--skip", type=int, default=2, help="first decode steps of each run left out")
     p.add_argument("--reps", type=int, default=2, help="runs per server and batch size, alternating servers")
@@ -174,16 +178,21 @@ def measure(specs: dict[str, ServerSpec], prompts, args, out: Path) -> dict[str,
 def markdown(table: list[dict]) -> str:
     cols = ["draft_forward", "topk", "tree_build", "masks", "verify_prepare", "verify_forward", "sample",
             "kv_compaction", "draft_kv_append", "prepare", "worker_other", "scheduler"]
-    head = ["dtype", "b", "N", "L", "draft vocab", "plain step ms", "round ms", "round / plain", "tau"] + [PHASE_LABELS[c] for c in cols]
+    packed = any("plain_packed_ms" in row for row in table)
+    head = (["dtype", "b", "N", "L", "draft vocab", "plain step ms", "round ms", "round / plain"]
+            + (["plain packed ms", "round / plain packed"] if packed else []) + ["tau"]
+            + [PHASE_LABELS[c] for c in cols])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in table:
         s = row["jetspec"]
         parts = sum(s["phases_ms"].get(c, 0.0) for c in cols) or 1.0
         shares = [f"{100 * s['phases_ms'].get(c, 0.0) / parts:.0f}%" for c in cols]
+        like = ([f"{row['plain_packed_ms']:.1f}", f"{row['ratio_packed']:.2f}"] if "plain_packed_ms" in row
+                else ["", ""]) if packed else []
         lines.append("| " + " | ".join([row["dtype"], str(row["bs"]), str(row["N"]), str(row.get("L", "")),
                                          row.get("vocab", "auto"), f"{row['plain_ms']:.1f}",
-                                         f"{s['period_ms']:.1f}", f"{row['ratio']:.2f}", f"{s['tau']:.2f}"] + shares)
-                     + " |")
+                                         f"{s['period_ms']:.1f}", f"{row['ratio']:.2f}"] + like + [f"{s['tau']:.2f}"]
+                                        + shares) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -224,6 +233,8 @@ def main(argv=None) -> int:
         base = dict(model=model, dtype=dtype, max_total_tokens=args.max_total_tokens, max_running_requests=running,
                     extra_args=["--mem-fraction-static", str(args.mem_fraction_static)])
         specs = {f"{dtype}-plain": ServerSpec(**base)}
+        if args.plain_packed:
+            specs[f"{dtype}-plainpacked"] = ServerSpec(**base, env={"JETSPEC_CPU_PACKED_WEIGHTS": "on"})
         for N in args.budgets:
             for vocab in args.draft_vocabs:
                 specs[_label(dtype, N, vocab, args)] = ServerSpec(
@@ -231,7 +242,7 @@ def main(argv=None) -> int:
                     env={"JETSPEC_TREE_WIDTH": str(args.width), "JETSPEC_DRAFT_VOCAB": vocab, **_budget_env(N)})
         res = measure_instances(specs, prompts, args, out)
         everything.update({label.replace("-", "/", 1): r for label, r in res.items()})
-        plain = res[f"{dtype}-plain"]
+        plain, plain_packed = res[f"{dtype}-plain"], res.get(f"{dtype}-plainpacked", {})
         for N, vocab in ((N, vocab) for N in args.budgets for vocab in args.draft_vocabs):
             spec_res = res[_label(dtype, N, vocab, args)]
             for bs in args.batch:
@@ -239,6 +250,9 @@ def main(argv=None) -> int:
                     table.append({"dtype": dtype, "bs": bs, "N": N, "L": _depth(N, args.depth), "vocab": vocab,
                                   "plain_ms": plain[bs]["period_ms"],
                                   "jetspec": spec_res[bs], "ratio": spec_res[bs]["period_ms"] / plain[bs]["period_ms"]})
+                    if plain_packed.get(bs):
+                        table[-1].update(plain_packed_ms=plain_packed[bs]["period_ms"],
+                                         ratio_packed=spec_res[bs]["period_ms"] / plain_packed[bs]["period_ms"])
         (out / "results.json").write_text(json.dumps({"args": vars(args), "runs": everything, "table": table},
                                                      indent=1))
     table.sort(key=lambda r: (r["dtype"], r["bs"], r["N"], args.draft_vocabs.index(r["vocab"])))

@@ -80,6 +80,7 @@ class Args:
     auto: bool
     ladders: tuple
     draft_vocabs: tuple
+    plain_packed: bool
     groups: tuple
     prompts_per_dataset: int
     output_len: int
@@ -124,6 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip the auto-budget config (JETSPEC_BUDGET=auto up to the largest --budgets value)")
     p.add_argument("--draft-vocabs", nargs="*", default=[], metavar="V",
                    help="also run each tree and auto config with JETSPEC_DRAFT_VOCAB=V (named NAME-vV), e.g. full")
+    p.add_argument("--plain-packed", action="store_true",
+                   help="also run plain-packed: plain decoding with JETSPEC_CPU_PACKED_WEIGHTS=on (the packed CPU "
+                        "weights JETSPEC servers use by default; bit-identical outputs), the like-for-like reference")
     p.add_argument("--ladder", action="append", default=[], metavar="M:B,...",
                    help="a JETSPEC_BUDGET_LADDER config, e.g. 1:16,4:8,16:1 (repeatable)")
     p.add_argument("--groups", nargs="+", default=["gsm8k+humaneval", "mtbench+sharegpt"],
@@ -189,7 +193,7 @@ def parse(argv=None) -> Args:
     return Args(model=a.model, head=a.head, attach=tuple(a.attach), out=Path(a.out), device=a.device,
                 dtype=None if a.dtype == "auto" else a.dtype, budgets=tuple(a.budgets), depth=depth, width=a.width,
                 chain=a.chain, auto=a.auto, ladders=tuple(a.ladder), draft_vocabs=tuple(a.draft_vocabs),
-                groups=tuple(a.groups),
+                plain_packed=a.plain_packed, groups=tuple(a.groups),
                 prompts_per_dataset=a.prompts_per_dataset, output_len=a.output_len,
                 concurrency=tuple(a.concurrency), request_rates=tuple(a.request_rates), waves=a.waves,
                 min_prompts=a.min_prompts, rate_num_prompts=a.rate_num_prompts, rate_max_concurrency=rate_cap,
@@ -314,7 +318,7 @@ def main(argv=None) -> int:
     args = parse(argv)
     configs = attached_configs(list(args.attach)) if args.attach else \
         sweep_configs(args.budgets, args.depth, args.width, args.chain, args.ladders, auto=args.auto,
-                      draft_vocabs=args.draft_vocabs)
+                      draft_vocabs=args.draft_vocabs, plain_packed=args.plain_packed)
     if args.dry_run:
         for c in configs:
             print(json.dumps(c.as_dict()))

@@ -28,6 +28,7 @@ class ServerConfig:
     ladder: str | None = None  # JETSPEC_BUDGET_LADDER text, e.g. '1:16,4:8,16:1'
     url: str | None = None  # attached servers only
     draft_vocab: str | None = None  # JETSPEC_DRAFT_VOCAB (None: the server default, auto)
+    packed: str | None = None  # JETSPEC_CPU_PACKED_WEIGHTS (None: the server default, auto = JETSPEC servers only)
 
     @property
     def speculative(self) -> bool:
@@ -59,14 +60,18 @@ def ladder_config(text: str, depth: int, width: int) -> ServerConfig:
 
 
 def sweep_configs(budgets, depth: int | None, width: int, chain: bool, ladders, plain: bool = True,
-                  auto: bool = True, draft_vocabs=()) -> list:
+                  auto: bool = True, draft_vocabs=(), plain_packed: bool = False) -> list:
     """Plain first (the reference of every ratio and parity check), then fixed trees, chain, auto and ladders.
 
     budgets (8, 16), depth 7, width 4, chain, auto, ladder '1:16,16:1' ->
     plain, jetspec-b8, jetspec-b16, chain-l7, auto-b16 (auto up to the largest budget), ladder-16-1.
     draft_vocabs ('full',) adds jetspec-b8-vfull, jetspec-b16-vfull and auto-b16-vfull (JETSPEC_DRAFT_VOCAB=full).
+    plain_packed adds plain-packed after plain: plain decoding with JETSPEC_CPU_PACKED_WEIGHTS=on, the bit-identical
+    packed CPU weights JETSPEC servers use by default (the like-for-like reference; its ratio to plain is the packing's).
     """
     configs = [ServerConfig(PLAIN, "plain")] if plain else []
+    if plain_packed:
+        configs.append(ServerConfig(f"{PLAIN}-packed", "plain", packed="on"))
     if (budgets or chain or ladders or auto) and depth is None:
         raise ValueError("the draft depth is unknown: pass --depth (the head is not a local folder)")
     for budget in budgets:
@@ -123,6 +128,8 @@ def server_spec(config: ServerConfig, model: str, head: str | None, device: str,
         env["JETSPEC_BUDGET_LADDER"] = config.ladder
     if config.draft_vocab is not None:
         env["JETSPEC_DRAFT_VOCAB"] = config.draft_vocab
+    if config.packed is not None:
+        env["JETSPEC_CPU_PACKED_WEIGHTS"] = config.packed
     return ServerSpec(model=model, head=head if config.speculative else None, budget=config.budget,
                       depth=config.depth, device=device, dtype=dtype, max_total_tokens=max_total_tokens,
                       max_running_requests=max_running_requests, extra_args=list(extra_args), env=env)

@@ -14,6 +14,10 @@ TREE_ALGOS = ("accum_logp", "top2gap", "best_first")
 BACKENDS = ("auto", "torch", "triton")
 DRAFT_TOPK_DTYPES = ("auto", "model", "bfloat16")  # draft_topk.py: the dtype the draft rows are projected in
 DRAFT_VOCAB_WORDS = ("auto", "full")  # draft_vocab.py: the head's default subset / every token (or a size)
+# JETSPEC_CPU_PACKED_WEIGHTS (glue/cpu_packed.py): "auto" packs the bf16 linears of JETSPEC servers on CPU; "on"
+# packs those of every CPU server in an environment with the plugin (plain ones too: like-for-like benchmarks);
+# "off" never packs. A process-level switch, not a decoder knob, so it is not a JetSpecConfig field.
+PACKED_WEIGHTS_WORDS = ("auto", "on", "off")
 # Largest tree SGLang's tree helpers accept (build_tree_kernel / reconstruct_indices: draft_token_num <= 1024).
 MAX_BUDGET = 1024
 # A budget ladder is a tuple of (max_running_requests, budget) steps; see `budget_for_batch`.
@@ -147,6 +151,17 @@ def parse_draft_vocab(text: str) -> str:
         return value
     raise ConfigError(f"JETSPEC_DRAFT_VOCAB={text!r} is not 'auto', 'full' or a positive size; use e.g. "
                       "JETSPEC_DRAFT_VOCAB=16384, or 'full' to draft from every token")
+
+
+def cpu_packed_weights(environ=None) -> str:
+    """JETSPEC_CPU_PACKED_WEIGHTS, normalised ('auto' when unset). Raises ConfigError naming the fix."""
+    environ = os.environ if environ is None else environ
+    raw = environ.get("JETSPEC_CPU_PACKED_WEIGHTS", "")
+    value = raw.strip().lower() or "auto"
+    if value not in PACKED_WEIGHTS_WORDS:
+        raise ConfigError(f"JETSPEC_CPU_PACKED_WEIGHTS={raw!r} is not one of {PACKED_WEIGHTS_WORDS}; unset it (auto: "
+                          "JETSPEC servers on CPU) or give 'on' / 'off'")
+    return value
 
 
 AUTO = "auto"

@@ -75,6 +75,15 @@ def test_sweep_configs_draft_vocab_variants():
         sweep_configs([8], depth=7, width=4, chain=False, ladders=[], draft_vocabs=["some"])
 
 
+def test_sweep_configs_plain_packed_reference():
+    configs = sweep_configs([8], depth=7, width=4, chain=False, ladders=[], auto=False, plain_packed=True)
+    assert [c.name for c in configs] == ["plain", "plain-packed", "jetspec-b8"]
+    packed = server_spec(configs[1], "M", "H", "cpu", "bfloat16", 8192, None, [])
+    assert packed.env == {"JETSPEC_CPU_PACKED_WEIGHTS": "on"} and packed.head is None
+    assert "--speculative-algorithm" not in packed.command(1234)
+    assert "JETSPEC_CPU_PACKED_WEIGHTS" not in server_spec(configs[2], "M", "H", "cpu", None, 8192, None, []).env
+
+
 def test_sweep_configs_refuse_bad_input():
     with pytest.raises(ValueError, match="depth \\+ 1"):
         sweep_configs([4], depth=7, width=4, chain=False, ladders=[])

@@ -189,7 +189,7 @@ def fresh_process(tmp_path_factory):
 def test_applied_every_hook(fresh_process):
     import pkgutil
 
-    assert len(fresh_process["targets"]) == 8  # on CPU: H1-H8
+    assert len(fresh_process["targets"]) == 11  # on CPU: H1-H8, H9-H11 (packed weights)
     for target in fresh_process["targets"]:
         assert target in HookRegistry._patched, target
         assert pkgutil.resolve_name(target) is not fresh_process["originals"][target], target
@@ -232,6 +232,24 @@ def test_applied_torch_native_forward(fresh_process):
     o = extend.backend.forward(extend.q, extend.k, extend.v, extend.layer, extend.forward_batch(ForwardMode.EXTEND))
     torch.testing.assert_close(o, extend.naive_attention(extend.layer, use_tree=False), **tol(torch.float32))
     assert not torch.allclose(o, case.naive_attention(case.layer))  # the tree mask made a difference
+
+
+def test_applied_packed_linear(fresh_process):
+    """Through the patched class, as SGLang's layers call it: a packed bf16 ReplicatedLinear gives F.linear's exact
+    output; an unpacked one still runs the original."""
+    from sglang.srt.layers.linear import ReplicatedLinear
+
+    from jetspec_sglang.glue import cpu_packed
+
+    packed, plain = (ReplicatedLinear(64, 48, bias=True, params_dtype=torch.bfloat16) for _ in range(2))
+    for layer in (packed, plain):
+        torch.nn.init.normal_(layer.weight)
+        torch.nn.init.normal_(layer.bias)
+    assert cpu_packed.pack_model(torch.nn.ModuleList([packed])) == (1, 64 * 48 * 2)
+    x = torch.randn(5, 64, dtype=torch.bfloat16)
+    for layer in (packed, plain):
+        assert torch.equal(layer(x)[0], torch.nn.functional.linear(x, layer.weight, layer.bias))
+    assert getattr(plain, cpu_packed.PACKED_ATTR, None) is None
 
 
 def test_applied_plain_server_args_still_resolve(fresh_process, target):

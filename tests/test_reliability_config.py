@@ -72,6 +72,8 @@ CASES = {
                      r"budgets; fix JETSPEC_BUDGET_LADDER"),
     "unknown_backend": ("good", [], {"JETSPEC_OPS_BACKEND": "cuda"}, r"backend='cuda' is not supported; set "
                         r"JETSPEC_OPS_BACKEND"),
+    "packed_weights_word": ("good", [], {"JETSPEC_CPU_PACKED_WEIGHTS": "yes"},
+                            r"JETSPEC_CPU_PACKED_WEIGHTS='yes' is not one of \('auto', 'on', 'off'\); unset it"),
 }
 
 

@@ -13,7 +13,7 @@ import logging
 import os
 
 from jetspec_sglang.budget import policy_of
-from jetspec_sglang.config import MAX_BUDGET, ConfigError, config_from_env
+from jetspec_sglang.config import MAX_BUDGET, ConfigError, config_from_env, cpu_packed_weights
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +96,7 @@ def validate_server_args(sa) -> None:
     try:
         budget, depth = resolve_shape(sa, head)
         config_from_env(budget=budget, depth=depth)
+        cpu_packed_weights()
     except ConfigError as e:
         raise JetSpecArgError(str(e)) from None
     block = head_block_size(sa, head)

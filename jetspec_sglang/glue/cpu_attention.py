@@ -93,8 +93,11 @@ def forward_extend_target_verify(original, self, q, k, v, layer, forward_batch, 
     slots_BK, mask = verify_plan(forward_batch, self.req_to_token_pool.req_to_token, n, causal, int(window),
                                  q.dtype)
     bs, K = slots_BK.shape
-    k_BGKE = self.token_to_kv_pool.get_key_buffer(layer.layer_id)[slots_BK].to(q.dtype).transpose(1, 2)
-    v_BGKE = self.token_to_kv_pool.get_value_buffer(layer.layer_id)[slots_BK].to(q.dtype).transpose(1, 2)
+    slots_T = slots_BK.view(-1)  # index_select on the flat slots: ~2-4x faster here than buffer[slots_BK]
+    k_BGKE = (self.token_to_kv_pool.get_key_buffer(layer.layer_id).index_select(0, slots_T).view(bs, K, G, E)
+              .to(q.dtype).transpose(1, 2))
+    v_BGKE = (self.token_to_kv_pool.get_value_buffer(layer.layer_id).index_select(0, slots_T).view(bs, K, G, Ev)
+              .to(q.dtype).transpose(1, 2))
     q_BHnE = q.view(bs, n, H, E).transpose(1, 2)
     out_BHnE = scaled_dot_product_attention(q_BHnE, k_BGKE, v_BGKE, attn_mask=mask, scale=layer.scaling,
                                             enable_gqa=H != G)

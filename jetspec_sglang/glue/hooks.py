@@ -1,5 +1,6 @@
 """The HookRegistry hooks JETSPEC installs, each inert unless the running algorithm is JETSPEC (or, for the CPU
-hooks, unless a speculative TARGET_VERIFY forward runs on CPU, which plain decoding never does).
+hooks, unless a speculative TARGET_VERIFY forward runs on CPU, which plain decoding never does; the CPU packed-
+weight hooks act on a plain server only when JETSPEC_CPU_PACKED_WEIGHTS=on asks for it, bit-identically).
 Every hook has a ledger entry in patches/README.md (target, why, how, remove when).
 """
 from __future__ import annotations
@@ -20,6 +21,10 @@ ROW_HEADROOM = "sglang.srt.mem_cache.allocation_sizing.get_req_to_token_extra_co
 SERVER_INFO = ("sglang.srt.managers.scheduler_components.internal_state.SchedulerInternalStateController"
                "._add_speculative")
 PROFILE_RUN_BATCH = "sglang.srt.managers.scheduler.Scheduler.run_batch"
+LOAD_MODEL = "sglang.srt.model_executor.model_runner.ModelRunner.load_model"
+LINEAR_APPLY = "sglang.srt.layers.quantization.unquant.UnquantizedLinearMethod.apply"
+LM_HEAD = "sglang.srt.layers.logits_processor.LogitsProcessor._compute_lm_head"
+CPU_PACKED_TARGETS = [LOAD_MODEL, LINEAR_APPLY, LM_HEAD]
 
 
 def is_jetspec(algo) -> bool:
@@ -171,6 +176,11 @@ def register_hooks(on_cpu: bool) -> None:
         from jetspec_sglang.glue.cpu_attention import forward_extend_target_verify
 
         HookRegistry.register(TORCH_NATIVE_EXTEND, forward_extend_target_verify, HookType.AROUND)
+        from jetspec_sglang.glue import cpu_packed
+
+        HookRegistry.register(LOAD_MODEL, cpu_packed.pack_after_load, HookType.AFTER)
+        HookRegistry.register(LINEAR_APPLY, cpu_packed.linear_apply, HookType.AROUND)
+        HookRegistry.register(LM_HEAD, cpu_packed.compute_lm_head, HookType.AROUND)
     from jetspec_sglang import profiling
 
     if profiling.enabled():
@@ -182,4 +192,4 @@ def applied_hooks(on_cpu: bool) -> list[str]:
     failures, so a hook that did not apply would otherwise surface as wrong tokens)."""
     return [MODEL_CONFIG, GRAPH_SPEC_INFO, EXTEND_KWARGS, VALIDATE_REQUEST, ALGO_ALIAS, ROW_HEADROOM,
             SERVER_INFO] + \
-        ([TORCH_NATIVE_EXTEND] if on_cpu else [])
+        ([TORCH_NATIVE_EXTEND] + CPU_PACKED_TARGETS if on_cpu else [])

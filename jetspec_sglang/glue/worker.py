@@ -33,10 +33,10 @@ from sglang.srt.speculative.spec_utils import GrammarTree, build_grammar_vocab_m
 from sglang.srt.utils import is_cpu
 
 from jetspec_sglang import ops, profiling
-from jetspec_sglang.config import config_from_env
+from jetspec_sglang.config import config_from_env, cpu_packed_weights
 from jetspec_sglang.draft_topk import DraftProjection
 from jetspec_sglang.draft_vocab import resolve_draft_vocab
-from jetspec_sglang.glue import hooks, limits
+from jetspec_sglang.glue import cpu_packed, hooks, limits
 from jetspec_sglang.glue.budget_feed import BudgetFeed
 from jetspec_sglang.tree import empty_tree, top2gap_fanout_caps
 
@@ -109,6 +109,10 @@ class JetSpecWorker(DFlashWorkerV2):
                     type(self.draft_model).__name__)
         if self._draft_projection is not None:
             logger.info("JETSPEC draft top-K projection: %s", self._draft_projection.reason)
+        for name, runner in (("target", self.target_worker.model_runner), ("draft", self.draft_model_runner)):
+            stats = cpu_packed.packed_stats(runner)
+            if stats is not None:
+                logger.info("JETSPEC CPU packed weights (%s): %d weights, %.0f MB", name, stats[0], stats[1] / 2**20)
 
     def prewarm_sampling(self):
         # DFLASH's rehearsal is B-shaped for its own sampler; JETSPEC samples through eagle_sample.
@@ -387,7 +391,8 @@ def _cpu_draft_projection(lm_head, depth: int, config, head_dir: str | None) -> 
     vocab_size = int(head.org_vocab_size)
     ids_S, why = resolve_draft_vocab(head_dir, config.draft_vocab, vocab_size, config.width)
     logger.info("JETSPEC draft vocabulary: %s", why)
-    return DraftProjection.build(weight.detach()[:vocab_size], config.draft_topk_dtype, rows=depth, ids_S=ids_S)
+    return DraftProjection.build(weight.detach()[:vocab_size], config.draft_topk_dtype, rows=depth, ids_S=ids_S,
+                                 pack=cpu_packed_weights() != "off")
 
 
 def fast_topk_width(width: int, on_cuda: bool) -> int:

@@ -1,0 +1,128 @@
+"""Packed bf16 weights for SGLang's CPU linears and LM head (packed_linear.py), as three CPU-only hooks.
+
+* AFTER ModelRunner.load_model: pack the runner's unquantized linears (SGLang's and plain nn.Linear ones, whose
+  instance forward then reads the packed copy) and its LM head when
+  JETSPEC_CPU_PACKED_WEIGHTS allows it (auto: JETSPEC servers; on: every CPU server with the plugin; off: none)
+  and the model dtype packs bit-exactly (bf16; fp16 where oneDNN has it; never fp32).
+* AROUND UnquantizedLinearMethod.apply and LogitsProcessor._compute_lm_head: use the packed copy when the layer
+  has one, for the same tensor the original would have read; everything else goes to the original.
+Outputs are bit-identical to stock SGLang's (packed_linear.py); what changes is the per-call weight reorder oneDNN
+does for a plain bf16 weight on a CPU without AMX. A packed module carries SGLang's own
+`_derived_weight_cache_error`, so online weight updates are refused with a message instead of serving stale
+packed copies (weight_updater._unsupported_derived_weight_cache_error).
+"""
+from __future__ import annotations
+
+import logging
+import types
+
+import torch
+
+from jetspec_sglang import packed_linear
+from jetspec_sglang.config import cpu_packed_weights
+
+logger = logging.getLogger(__name__)
+
+PACKED_ATTR = "_jetspec_packed_weight"  # on a packed module: (packed copy, the weight Parameter it was made from)
+STATS_ATTR = "_jetspec_packed_stats"  # on a ModelRunner: PackStats of its model
+UPDATE_REFUSAL = ("online weight updates are not supported while jetspec-sglang's CPU packed weights are active "
+                  "(their packed copies would keep serving the old weights); restart the server with "
+                  "JETSPEC_CPU_PACKED_WEIGHTS=off to update weights online")
+
+
+def pack_enabled(runner) -> tuple[bool, str]:
+    """(pack this runner's model?, why) from JETSPEC_CPU_PACKED_WEIGHTS, the device, the algorithm and the dtype."""
+    from jetspec_sglang.glue.hooks import is_jetspec
+
+    setting = cpu_packed_weights()  # raises ConfigError naming the fix
+    dtype = runner.model_config.dtype
+    if str(runner.device) != "cpu":
+        return False, f"device {runner.device}"
+    if setting == "off":
+        return False, "JETSPEC_CPU_PACKED_WEIGHTS=off"
+    if setting == "auto" and not is_jetspec(runner.spec_algorithm):
+        return False, "not a JETSPEC server (JETSPEC_CPU_PACKED_WEIGHTS=auto)"
+    if not packed_linear.packable_dtype(dtype):
+        return False, f"{dtype} does not pack bit-exactly on this CPU (bf16 does)"
+    return True, f"JETSPEC_CPU_PACKED_WEIGHTS={setting}, {dtype}"
+
+
+def pack_model(model) -> tuple[int, int]:
+    """Pack every unquantized SGLang linear and the LM head of `model` (idempotent: a module packed from the same
+    weight is skipped, e.g. the LM head a draft model shares with its target). Returns (modules packed, bytes)."""
+    from sglang.srt.layers.linear import LinearBase
+    from sglang.srt.layers.quantization.unquant import UnquantizedLinearMethod
+
+    modules = [m for m in model.modules()
+               if (isinstance(m, LinearBase) and type(getattr(m, "quant_method", None)) is UnquantizedLinearMethod)
+               or type(m) is torch.nn.Linear]  # plain nn.Linear: e.g. a DFlash head's fc
+    lm_head = getattr(model, "lm_head", None)
+    if lm_head is not None and getattr(lm_head, "weight", None) is not None and not hasattr(lm_head, "set_lora"):
+        modules.append(lm_head)
+    count = nbytes = 0
+    for module in modules:
+        weight = module.weight
+        if (weight.dim() != 2 or weight.device.type != "cpu" or not packed_linear.packable_dtype(weight.dtype)
+                or getattr(module, "use_intel_amx_backend", False)):  # SGLang's AMX path packs its own (VNNI)
+            continue
+        entry = getattr(module, PACKED_ATTR, None)
+        if entry is not None and entry[1] is weight:
+            continue
+        setattr(module, PACKED_ATTR, (packed_linear.pack_weight(weight), weight))
+        module._derived_weight_cache_error = UPDATE_REFUSAL
+        if type(module) is torch.nn.Linear:  # not reached by the hooks: this instance's forward reads the copy
+            module.forward = types.MethodType(_nn_linear_forward, module)
+        count, nbytes = count + 1, nbytes + packed_linear.packed_bytes(weight)
+    return count, nbytes
+
+
+def pack_after_load(result, self, *args, **kwargs):
+    """AFTER ModelRunner.load_model (target and draft runners alike)."""
+    enabled, why = pack_enabled(self)
+    if not enabled:
+        logger.info("CPU packed weights: not packed (%s)", why)
+        return result
+    count, nbytes = pack_model(self.model)
+    setattr(self, STATS_ATTR, (count, nbytes))
+    logger.info("CPU packed weights: %d linear/LM-head weights packed (%.0f MB more memory; %s; bit-identical "
+                "outputs)", count, nbytes / 2**20, why)
+    return result
+
+
+def _packed_for(layer, x):
+    entry = getattr(layer, PACKED_ATTR, None)
+    if entry is None or entry[1] is not layer.weight or x.device.type != "cpu" or x.dtype != entry[0].dtype:
+        return None
+    return entry[0]
+
+
+def _nn_linear_forward(self, x):
+    """torch.nn.Linear.forward of a packed instance: the packed product while it holds the packed weight."""
+    packed = _packed_for(self, x)
+    if packed is None:
+        return torch.nn.functional.linear(x, self.weight, self.bias)
+    return packed_linear.packed_linear(x, packed, self.bias)
+
+
+def linear_apply(original, self, layer, x, bias=None):
+    """AROUND UnquantizedLinearMethod.apply: the packed product where the layer has one (bit-identical)."""
+    packed = _packed_for(layer, x)
+    if packed is None:
+        return original(self, layer, x, bias)
+    return packed_linear.packed_linear(x, packed, bias)
+
+
+def compute_lm_head(original, self, hidden_states, lm_head, embedding_bias=None, **kwargs):
+    """AROUND LogitsProcessor._compute_lm_head: the plain `hidden @ lm_head.weight.T` branch through the packed
+    copy (bit-identical); fp32 LM-head modes, RL on-policy mode, LoRA and biased heads keep the original."""
+    hidden_TM = hidden_states.to(lm_head.weight.dtype)
+    packed = _packed_for(lm_head, hidden_TM)
+    if (packed is None or embedding_bias is not None or self.use_fp32_lm_head
+            or getattr(self, "rl_on_policy_target", None) is not None):
+        return original(self, hidden_states, lm_head, embedding_bias, **kwargs)
+    return packed_linear.packed_linear(hidden_TM, packed)
+
+
+def packed_stats(runner) -> tuple[int, int] | None:
+    """(modules packed, bytes) of a runner's model, None when it was not packed."""
+    return getattr(runner, STATS_ATTR, None)
