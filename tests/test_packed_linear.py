@@ -138,3 +138,37 @@ def test_plain_nn_linear_instances_read_their_packed_copy():
     assert torch.equal(model.fc(x.float().to(torch.bfloat16)[None])[0], want)  # 3-D input
     with pytest.raises(RuntimeError):  # an fp32 input goes to F.linear, which refuses the dtype mix as before
         model.fc(x.float())
+
+
+@sglang_only
+@needs_bf16
+def test_load_hook_packs_per_setting_and_memory(monkeypatch, caplog):
+    """pack_after_load decides from JETSPEC_CPU_PACKED_WEIGHTS, the algorithm, the dtype and the free memory."""
+    from jetspec_sglang.glue import cpu_packed
+
+    def runner(algo="JETSPEC", dtype=torch.bfloat16, device="cpu"):
+        model = torch.nn.Module()
+        model.fc = torch.nn.Linear(64, 32, bias=False).to(dtype)
+        return SimpleNamespace(device=device, spec_algorithm=algo, model=model,
+                               model_config=SimpleNamespace(dtype=dtype))
+
+    def packed(r):
+        cpu_packed.pack_after_load(None, r)
+        return cpu_packed.packed_stats(r)
+
+    caplog.set_level("INFO")
+    monkeypatch.delenv("JETSPEC_CPU_PACKED_WEIGHTS", raising=False)
+    assert packed(runner()) == (1, 64 * 32 * 2)  # auto: a JETSPEC server
+    assert packed(runner(algo=None)) is None and "not a JETSPEC server" in caplog.text  # auto: plain stays stock
+    assert packed(runner(dtype=torch.float32)) is None and "torch.float32 does not pack" in caplog.text
+    assert packed(runner(device="cuda")) is None
+    monkeypatch.setenv("JETSPEC_CPU_PACKED_WEIGHTS", "on")
+    assert packed(runner(algo=None)) == (1, 64 * 32 * 2)
+    monkeypatch.setattr(cpu_packed, "MAX_MEMORY_SHARE", 0.0)
+    assert packed(runner()) is None and "would take 0 MB of" in caplog.text
+    monkeypatch.setenv("JETSPEC_CPU_PACKED_WEIGHTS", "off")
+    monkeypatch.setattr(cpu_packed, "MAX_MEMORY_SHARE", 0.5)
+    assert packed(runner()) is None and "JETSPEC_CPU_PACKED_WEIGHTS=off" in caplog.text
+    monkeypatch.setenv("JETSPEC_CPU_PACKED_WEIGHTS", "maybe")
+    with pytest.raises(ConfigError, match="JETSPEC_CPU_PACKED_WEIGHTS='maybe'"):
+        packed(runner())

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import types
 
+import psutil
 import torch
 
 from jetspec_sglang import packed_linear
@@ -24,7 +25,8 @@ from jetspec_sglang.config import cpu_packed_weights
 logger = logging.getLogger(__name__)
 
 PACKED_ATTR = "_jetspec_packed_weight"  # on a packed module: (packed copy, the weight Parameter it was made from)
-STATS_ATTR = "_jetspec_packed_stats"  # on a ModelRunner: PackStats of its model
+STATS_ATTR = "_jetspec_packed_stats"  # on a ModelRunner: (modules packed, bytes) of its model
+MAX_MEMORY_SHARE = 0.5  # never pack when the copies would take more of the available memory than this
 UPDATE_REFUSAL = ("online weight updates are not supported while jetspec-sglang's CPU packed weights are active "
                   "(their packed copies would keep serving the old weights); restart the server with "
                   "JETSPEC_CPU_PACKED_WEIGHTS=off to update weights online")
@@ -47,27 +49,38 @@ def pack_enabled(runner) -> tuple[bool, str]:
     return True, f"JETSPEC_CPU_PACKED_WEIGHTS={setting}, {dtype}"
 
 
-def pack_model(model) -> tuple[int, int]:
-    """Pack every unquantized SGLang linear and the LM head of `model` (idempotent: a module packed from the same
-    weight is skipped, e.g. the LM head a draft model shares with its target). Returns (modules packed, bytes)."""
+def packable_modules(model) -> list:
+    """The modules of `model` pack_model would pack now: unquantized SGLang linears, plain nn.Linear ones (e.g. a
+    DFlash head's fc) and the LM head, with a 2-D CPU weight of a packable dtype, not on SGLang's own AMX path and
+    not packed from this very weight already (a draft model shares its target's LM head)."""
     from sglang.srt.layers.linear import LinearBase
     from sglang.srt.layers.quantization.unquant import UnquantizedLinearMethod
 
     modules = [m for m in model.modules()
                if (isinstance(m, LinearBase) and type(getattr(m, "quant_method", None)) is UnquantizedLinearMethod)
-               or type(m) is torch.nn.Linear]  # plain nn.Linear: e.g. a DFlash head's fc
+               or type(m) is torch.nn.Linear]
     lm_head = getattr(model, "lm_head", None)
     if lm_head is not None and getattr(lm_head, "weight", None) is not None and not hasattr(lm_head, "set_lora"):
         modules.append(lm_head)
-    count = nbytes = 0
+    out, seen = [], set()
     for module in modules:
         weight = module.weight
-        if (weight.dim() != 2 or weight.device.type != "cpu" or not packed_linear.packable_dtype(weight.dtype)
-                or getattr(module, "use_intel_amx_backend", False)):  # SGLang's AMX path packs its own (VNNI)
-            continue
         entry = getattr(module, PACKED_ATTR, None)
-        if entry is not None and entry[1] is weight:
+        if (id(module) in seen or weight.dim() != 2 or weight.device.type != "cpu"
+                or not packed_linear.packable_dtype(weight.dtype)
+                or getattr(module, "use_intel_amx_backend", False)  # SGLang's AMX path packs its own (VNNI)
+                or (entry is not None and entry[1] is weight)):
             continue
+        seen.add(id(module))
+        out.append(module)
+    return out
+
+
+def pack_model(model) -> tuple[int, int]:
+    """Pack `packable_modules(model)` (idempotent). Returns (modules packed, bytes of packed copies)."""
+    count = nbytes = 0
+    for module in packable_modules(model):
+        weight = module.weight
         setattr(module, PACKED_ATTR, (packed_linear.pack_weight(weight), weight))
         module._derived_weight_cache_error = UPDATE_REFUSAL
         if type(module) is torch.nn.Linear:  # not reached by the hooks: this instance's forward reads the copy
@@ -77,10 +90,19 @@ def pack_model(model) -> tuple[int, int]:
 
 
 def pack_after_load(result, self, *args, **kwargs):
-    """AFTER ModelRunner.load_model (target and draft runners alike)."""
+    """AFTER ModelRunner.load_model (target and draft runners alike), before SGLang sizes its KV pool from the
+    memory left, so the copies are accounted for. Skipped, with a warning, when they would take more than
+    MAX_MEMORY_SHARE of the available memory."""
     enabled, why = pack_enabled(self)
     if not enabled:
         logger.info("CPU packed weights: not packed (%s)", why)
+        return result
+    need = sum(packed_linear.packed_bytes(m.weight) for m in packable_modules(self.model))
+    available = psutil.virtual_memory().available
+    if need > MAX_MEMORY_SHARE * available:
+        logger.warning("CPU packed weights: not packed: the copies would take %.0f MB of %.0f MB available (more "
+                       "than %d %%); set JETSPEC_CPU_PACKED_WEIGHTS=off to silence this", need / 2**20,
+                       available / 2**20, 100 * MAX_MEMORY_SHARE)
         return result
     count, nbytes = pack_model(self.model)
     setattr(self, STATS_ATTR, (count, nbytes))
