@@ -54,14 +54,16 @@ def packable_modules(model) -> list:
     DFlash head's fc) and the LM head, with a 2-D CPU weight of a packable dtype, not on SGLang's own AMX path and
     not packed from this very weight already (a draft model shares its target's LM head)."""
     from sglang.srt.layers.linear import LinearBase
+    from sglang.srt.layers.logits_processor import should_apply_lm_head_quant_method
     from sglang.srt.layers.quantization.unquant import UnquantizedLinearMethod
 
     modules = [m for m in model.modules()
                if (isinstance(m, LinearBase) and type(getattr(m, "quant_method", None)) is UnquantizedLinearMethod)
                or type(m) is torch.nn.Linear]
     lm_head = getattr(model, "lm_head", None)
-    if lm_head is not None and getattr(lm_head, "weight", None) is not None and not hasattr(lm_head, "set_lora"):
-        modules.append(lm_head)
+    if (lm_head is not None and getattr(lm_head, "weight", None) is not None and not hasattr(lm_head, "set_lora")
+            and not should_apply_lm_head_quant_method(lm_head, getattr(lm_head, "quant_method", None))):
+        modules.append(lm_head)  # the LogitsProcessor's plain-matmul branch (a quantized head keeps its method)
     out, seen = [], set()
     for module in modules:
         weight = module.weight
