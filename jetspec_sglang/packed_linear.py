@@ -6,8 +6,8 @@ costs more than the product. `pack_weight` does it once; `packed_linear` then ru
 output is bit-identical to `F.linear(x, weight, bias)` (tests/test_packed_linear.py checks it, every row count).
 Measured here, SmolLM2-135M shapes (30 layers' four products + the LM head, weights cold): 22.1 -> 14.3 ms at
 1 row, 27.1 -> 17.7 ms at 8 rows, 38.1 -> 20.6 ms at 16 rows.
-Only bf16 (and fp16 where oneDNN has an fp16 path) is packed: oneDNN's packed fp32 kernel rounds differently from
-F.linear, and fp32 is what the token-exact comparisons with plain decoding run in. Pure torch; the SGLang side
+Only bf16 is packed: oneDNN's packed fp32 kernel rounds differently from F.linear (and fp32 is what the token-exact
+comparisons with plain decoding run in); fp16 was never checked. Pure torch; the SGLang side
 (which layers, when, the hooks) is glue/cpu_packed.py.
 """
 from __future__ import annotations
@@ -20,14 +20,11 @@ ROWS_HINT = 1
 
 
 def packable_dtype(dtype: torch.dtype) -> bool:
-    """Whether a weight of `dtype` packs bit-exactly on this machine's torch/oneDNN build."""
-    if not torch.backends.mkldnn.is_available():
-        return False
-    if dtype == torch.bfloat16:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    if dtype == torch.float16:
-        return bool(torch.ops.mkldnn._is_mkldnn_fp16_supported())
-    return False
+    """Whether a weight of `dtype` is packed: bf16 where this torch/oneDNN build has a bf16 path. (fp16 has an
+    oneDNN path on CPUs with AVX512-FP16/AVX-NE-CONVERT, but its bit-identity with F.linear was never checked: no
+    such CPU here, so it is not packed.)"""
+    return (dtype == torch.bfloat16 and torch.backends.mkldnn.is_available()
+            and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()))
 
 
 def pack_weight(weight_OI: torch.Tensor) -> torch.Tensor:
@@ -35,7 +32,7 @@ def pack_weight(weight_OI: torch.Tensor) -> torch.Tensor:
     if weight_OI.dim() != 2 or weight_OI.device.type != "cpu" or not packable_dtype(weight_OI.dtype):
         raise ValueError(f"pack_weight: a 2-D CPU weight of a packable dtype is needed, got shape "
                          f"{tuple(weight_OI.shape)} {weight_OI.dtype} on {weight_OI.device} (packable here: "
-                         f"{[d for d in (torch.bfloat16, torch.float16) if packable_dtype(d)]})")
+                         f"{[d for d in (torch.bfloat16,) if packable_dtype(d)]})")
     return torch.ops.mkldnn._reorder_linear_weight(weight_OI.detach().contiguous(), ROWS_HINT)
 
 

@@ -160,7 +160,7 @@ def test_load_hook_packs_per_setting_and_memory(monkeypatch, caplog):
     monkeypatch.delenv("JETSPEC_CPU_PACKED_WEIGHTS", raising=False)
     assert packed(runner()) == (1, 64 * 32 * 2)  # auto: a JETSPEC server
     assert packed(runner(algo=None)) is None and "not a JETSPEC server" in caplog.text  # auto: plain stays stock
-    assert packed(runner(dtype=torch.float32)) is None and "torch.float32 does not pack" in caplog.text
+    assert packed(runner(dtype=torch.float32)) is None and "torch.float32 is not packed (bf16 only" in caplog.text
     assert packed(runner(device="cuda")) is None
     monkeypatch.setenv("JETSPEC_CPU_PACKED_WEIGHTS", "on")
     assert packed(runner(algo=None)) == (1, 64 * 32 * 2)

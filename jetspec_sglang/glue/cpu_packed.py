@@ -3,7 +3,7 @@
 * AFTER ModelRunner.load_model: pack the runner's unquantized linears (SGLang's and plain nn.Linear ones, whose
   instance forward then reads the packed copy) and its LM head when
   JETSPEC_CPU_PACKED_WEIGHTS allows it (auto: JETSPEC servers; on: every CPU server with the plugin; off: none)
-  and the model dtype packs bit-exactly (bf16; fp16 where oneDNN has it; never fp32).
+  and the model dtype is bf16 (fp32 never: oneDNN's packed fp32 kernel rounds differently; fp16 unchecked).
 * AROUND UnquantizedLinearMethod.apply and LogitsProcessor._compute_lm_head: use the packed copy when the layer
   has one, for the same tensor the original would have read; everything else goes to the original.
 Outputs are bit-identical to stock SGLang's (packed_linear.py); what changes is the per-call weight reorder oneDNN
@@ -45,7 +45,7 @@ def pack_enabled(runner) -> tuple[bool, str]:
     if setting == "auto" and not is_jetspec(runner.spec_algorithm):
         return False, "not a JETSPEC server (JETSPEC_CPU_PACKED_WEIGHTS=auto)"
     if not packed_linear.packable_dtype(dtype):
-        return False, f"{dtype} does not pack bit-exactly on this CPU (bf16 does)"
+        return False, f"{dtype} is not packed (bf16 only, where oneDNN has a bf16 path)"
     return True, f"JETSPEC_CPU_PACKED_WEIGHTS={setting}, {dtype}"
 
 
