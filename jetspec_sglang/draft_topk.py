@@ -31,7 +31,8 @@ def topk_logprobs(hidden_TM: torch.Tensor, weight_VM: torch.Tensor, k: int,
     with fp32 accumulation (|error| of the log-probs ~1e-2 in bf16). `work_2TV`: two [T, V] tensors of the weight's
     dtype to compute in, reused across calls: on this project's CPU a fresh [T, V] tensor every round costs more in
     page faults (~4 ns per element) than the arithmetic on it. `packed_VM`: `weight_VM` packed by
-    packed_linear.pack_weight; the product then runs through it (bit-identical logits, no per-call reorder).
+    packed_linear.pack_weight; the product then runs through it (bit-identical logits, no per-call reorder;
+    it has no out=, so work_2TV[0] is left unused).
     """
     if work_2TV is None:
         work_2TV = (None, None)

@@ -95,6 +95,14 @@ def smollm2_head() -> str:
     return head
 
 
+@pytest.fixture(scope="session")
+def chat_prompts(smollm2_dir) -> list[list[int]]:
+    """Two GSM8K and two HumanEval evaluation prompts, chat-rendered: the short live-server checks' requests."""
+    from sglang_fixtures import eval_chat_prompts
+
+    return eval_chat_prompts(smollm2_dir, gsm8k=2, humaneval=2)
+
+
 def _server(spec, log):
     from jetspec_sglang.serving import Server
 

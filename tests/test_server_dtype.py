@@ -5,16 +5,11 @@ and the server keeps serving; outputs are compared with a plain server started t
 """
 
 import pytest
-from sglang_fixtures import eval_chat_prompts, generate_greedy
+from sglang_fixtures import generate_greedy
 
 pytestmark = pytest.mark.server
 
 MAX_NEW = 24
-
-
-@pytest.fixture(scope="module")
-def chat_prompts(smollm2_dir):
-    return eval_chat_prompts(smollm2_dir, gsm8k=2, humaneval=2)
 
 
 def _run(server, prompts, concurrency):

@@ -7,16 +7,11 @@ deterministic, which is what makes this an exact check. The start-up log says wh
 import re
 
 import pytest
-from sglang_fixtures import eval_chat_prompts, generate_greedy
+from sglang_fixtures import generate_greedy
 
 pytestmark = pytest.mark.server
 
 MAX_NEW = 32
-
-
-@pytest.fixture(scope="module")
-def chat_prompts(smollm2_dir):
-    return eval_chat_prompts(smollm2_dir, gsm8k=2, humaneval=2)
 
 
 def _serve(spec, log_path, prompts):

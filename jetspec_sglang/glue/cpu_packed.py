@@ -78,10 +78,10 @@ def packable_modules(model) -> list:
     return out
 
 
-def pack_model(model) -> tuple[int, int]:
-    """Pack `packable_modules(model)` (idempotent). Returns (modules packed, bytes of packed copies)."""
+def pack_model(model, modules: list | None = None) -> tuple[int, int]:
+    """Pack `modules` (default: `packable_modules(model)`; idempotent). Returns (modules packed, bytes of copies)."""
     count = nbytes = 0
-    for module in packable_modules(model):
+    for module in packable_modules(model) if modules is None else modules:
         weight = module.weight
         setattr(module, PACKED_ATTR, (packed_linear.pack_weight(weight), weight))
         module._derived_weight_cache_error = UPDATE_REFUSAL
@@ -99,30 +99,32 @@ def pack_after_load(result, self, *args, **kwargs):
     if not enabled:
         logger.info("CPU packed weights: not packed (%s)", why)
         return result
-    need = sum(packed_linear.packed_bytes(m.weight) for m in packable_modules(self.model))
+    modules = packable_modules(self.model)
+    need = sum(packed_linear.packed_bytes(m.weight) for m in modules)
     available = psutil.virtual_memory().available
     if need > MAX_MEMORY_SHARE * available:
         logger.warning("CPU packed weights: not packed: the copies would take %.0f MB of %.0f MB available (more "
                        "than %d %%); set JETSPEC_CPU_PACKED_WEIGHTS=off to silence this", need / 2**20,
                        available / 2**20, 100 * MAX_MEMORY_SHARE)
         return result
-    count, nbytes = pack_model(self.model)
+    count, nbytes = pack_model(self.model, modules)
     setattr(self, STATS_ATTR, (count, nbytes))
     logger.info("CPU packed weights: %d linear/LM-head weights packed (%.0f MB more memory; %s; bit-identical "
                 "outputs)", count, nbytes / 2**20, why)
     return result
 
 
-def _packed_for(layer, x):
+def _packed_for(layer, device: torch.device, dtype: torch.dtype):
+    """The layer's packed copy when it has one of the weight it holds now, for an input on `device` in `dtype`."""
     entry = getattr(layer, PACKED_ATTR, None)
-    if entry is None or entry[1] is not layer.weight or x.device.type != "cpu" or x.dtype != entry[0].dtype:
+    if entry is None or entry[1] is not layer.weight or device.type != "cpu" or dtype != entry[0].dtype:
         return None
     return entry[0]
 
 
 def _nn_linear_forward(self, x):
     """torch.nn.Linear.forward of a packed instance: the packed product while it holds the packed weight."""
-    packed = _packed_for(self, x)
+    packed = _packed_for(self, x.device, x.dtype)
     if packed is None:
         return torch.nn.functional.linear(x, self.weight, self.bias)
     return packed_linear.packed_linear(x, packed, self.bias)
@@ -130,7 +132,7 @@ def _nn_linear_forward(self, x):
 
 def linear_apply(original, self, layer, x, bias=None):
     """AROUND UnquantizedLinearMethod.apply: the packed product where the layer has one (bit-identical)."""
-    packed = _packed_for(layer, x)
+    packed = _packed_for(layer, x.device, x.dtype)
     if packed is None:
         return original(self, layer, x, bias)
     return packed_linear.packed_linear(x, packed, bias)
@@ -139,12 +141,11 @@ def linear_apply(original, self, layer, x, bias=None):
 def compute_lm_head(original, self, hidden_states, lm_head, embedding_bias=None, **kwargs):
     """AROUND LogitsProcessor._compute_lm_head: the plain `hidden @ lm_head.weight.T` branch through the packed
     copy (bit-identical); fp32 LM-head modes, RL on-policy mode, LoRA and biased heads keep the original."""
-    hidden_TM = hidden_states.to(lm_head.weight.dtype)
-    packed = _packed_for(lm_head, hidden_TM)
+    packed = _packed_for(lm_head, hidden_states.device, lm_head.weight.dtype)  # the branch casts to that dtype
     if (packed is None or embedding_bias is not None or self.use_fp32_lm_head
             or getattr(self, "rl_on_policy_target", None) is not None):
         return original(self, hidden_states, lm_head, embedding_bias, **kwargs)
-    return packed_linear.packed_linear(hidden_TM, packed)
+    return packed_linear.packed_linear(hidden_states.to(lm_head.weight.dtype), packed)
 
 
 def packed_stats(runner) -> tuple[int, int] | None:
