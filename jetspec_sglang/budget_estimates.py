@@ -8,9 +8,11 @@ its formulas are in docs/auto-budget.md. Words (budget, accepted, bonus) as defi
   verification accepts, in the smaller tree, exactly the nodes of the larger tree's accepted path with id < n.
   So one step at budget N tells, for every n <= N, what n would have accepted: per-rank hit rates
   h[i] = P(node i is on the accepted path) give accept length tau(n) = 1 + sum_{0 < i < n} h[i].
-* CostModel: the seconds of one decode step (start to start, scheduler included) per exact (batch, budget),
-  the minimum of its first observations, then a recency-weighted mean; unmeasured cells are interpolated along
-  the batch size.
+* CostModel: the seconds of one decode step (start to start, scheduler included) per exact (batch, budget) as a
+  cell times one machine-speed factor shared by all cells: a step slower or faster than its cell predicts moves
+  the factor first (other work on the machine slows every budget alike), the cell by what is left. Cells take the
+  minimum of their first observations, then a recency-weighted mean; unmeasured cells are interpolated along the
+  batch size.
 """
 from __future__ import annotations
 
@@ -96,14 +98,20 @@ class Cell:
 
 
 class CostModel:
-    """Step seconds per exact (batch size, budget) cell. The first `settle` observations of a cell keep their
-    minimum (other work on the machine only ever adds time, and one unlucky first step must not make a budget
-    look expensive until exploration gets round to it again); after that a recency-weighted mean with `weight`
-    the floor of a new observation's weight, each new observation clipped to [mean / clip, mean * clip] (a GC
-    pause or a stray prefill does not move a cell far)."""
+    """Step seconds per exact (batch size, budget) cell, times a machine-speed factor shared by every cell.
 
-    def __init__(self, weight: float = 0.2, clip: float = 4.0, settle: int = 3):
-        self.weight, self.clip, self.settle = weight, clip, settle
+    A cell holds a budget's cost relative to the others (in the units of the factor); an estimate is cell x factor.
+    A settled cell's new observation first moves the factor, in log space by `speed_weight` of its ratio to the
+    prediction, then the cell by `weight` of what is left: when other work slows the machine, the running budget's
+    steps raise the factor and so every budget's estimate alike, instead of only the running budget's cell while
+    the others keep stale, low cells (measured on this CPU: a burst raised N = 8's cell 53 -> 76 ms and auto ran
+    N = 4 for most of a benchmark). The first `settle` observations of a cell keep their minimum (one unlucky
+    first step must not make a budget look expensive until exploration gets round to it again) and leave the
+    factor alone; every ratio is clipped to [1 / clip, clip] (a GC pause or a stray prefill moves nothing far)."""
+
+    def __init__(self, weight: float = 0.2, clip: float = 4.0, settle: int = 3, speed_weight: float = 0.5):
+        self.weight, self.clip, self.settle, self.speed_weight = weight, clip, settle, speed_weight
+        self.speed = 1.0  # machine-speed factor: estimate = cell.seconds * speed
         self.cells: dict[tuple[int, int], Cell] = {}
         self._batches: dict[int, list[int]] = {}  # budget -> sorted batch sizes with a cell
         self._by_batch: dict[int, dict[int, Cell]] = {}  # batch -> budget -> cell
@@ -113,16 +121,18 @@ class CostModel:
         self._recent[(budget, _bucket(batch))] = step
         cell = self.cells.get((batch, budget))
         if cell is None:
-            self.cells[(batch, budget)] = self._by_batch.setdefault(batch, {})[budget] = Cell(seconds, 1, step)
+            cell = Cell(seconds / self.speed, 1, step)
+            self.cells[(batch, budget)] = self._by_batch.setdefault(batch, {})[budget] = cell
             bisect.insort(self._batches.setdefault(budget, []), batch)
             return
         cell.count += 1
         cell.step = step
         if cell.count <= self.settle:
-            cell.seconds = min(cell.seconds, seconds)
+            cell.seconds = min(cell.seconds, seconds / self.speed)
             return
-        seconds = min(max(seconds, cell.seconds / self.clip), cell.seconds * self.clip)
-        cell.seconds += self.weight * (seconds - cell.seconds)
+        ratio = min(max(seconds / (cell.seconds * self.speed), 1.0 / self.clip), self.clip)
+        self.speed *= ratio ** self.speed_weight
+        cell.seconds *= 1.0 + self.weight * (ratio ** (1.0 - self.speed_weight) - 1.0)
 
     def measured(self, budget: int) -> bool:
         return budget in self._batches
@@ -138,6 +148,11 @@ class CostModel:
         (b' nearest): t(b', n) scaled by t(b, m) / t(b', m) for the budget m measured at both b and b' most
         recently (how cost grows with the batch, learnt from another budget); else t(b', n) as it is.
         """
+        relative = self._relative(batch, budget)
+        return None if relative is None else relative * self.speed
+
+    def _relative(self, batch: int, budget: int) -> float | None:
+        """estimate() without the machine-speed factor."""
         cell = self.cells.get((batch, budget))
         if cell is not None:
             return cell.seconds
