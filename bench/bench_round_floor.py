@@ -5,8 +5,8 @@ Times, outside any server, the products and kernels one forward of the target ru
 with the model's real bf16 weights (so weights stream from memory as in serving): the 30 layers' four linears
 (packed oneDNN, packed_linear.py, as a JETSPEC server runs them), the LM head, the attention (SDPA's CPU flash
 kernel over prefix + T keys, H / G / E of the model, an additive mask when T > 1), the K/V gather from a KV pool
-(index_select of scattered slots, as glue/cpu_attention.py does), SiLU x up and SGLang's native RMSNorm (fp32
-inside, residual add). Rotary embedding, residual adds and views are left out (small, the same kind at 1 and T).
+(index_select of scattered slots, as glue/cpu_attention.py does), and SGLang's own SiluAndMul and RMSNorm (with the
+residual add) through their forward_native, the path a CPU without AMX runs. Rotary embedding, residual adds and views are left out (small, the same kind at 1 and T).
 T = 1 is the plain decode step's share; T = N the verify forward's. Median of --reps passes per T.
 
 With --round-results (a bench_round.py results.json of the same machine) the table also reads the in-server
@@ -30,6 +30,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from sglang.srt.layers.activation import SiluAndMul
+from sglang.srt.layers.layernorm import RMSNorm
+
 from jetspec_sglang.packed_linear import pack_weight, packable_dtype, packed_linear
 
 COMPONENTS = ("linears", "lm_head", "attention", "kv_gather", "mlp_act", "rmsnorm")
@@ -40,22 +43,22 @@ POOL_SLOTS = 8192  # KV pool rows the gather reads from (the round bench's --max
 
 @dataclass
 class TargetWeights:
-    """One decoder's linears as a JETSPEC CPU server holds them: merged qkv and gate_up, packed where bf16 packs."""
+    """One decoder's linears as a JETSPEC CPU server holds them (merged qkv and gate_up, packed where bf16 packs)
+    and an SGLang RMSNorm of the model's width and dtype."""
 
     qkv: list  # per layer, [(H + 2G) E, M]
     o: list  # [M, H E]
     gate_up: list  # [2 I, M]
     down: list  # [M, I]
     lm_head: torch.Tensor  # [V, M]
-    norm_M: torch.Tensor  # an RMSNorm weight [M]
+    norm: RMSNorm  # weight [M]
     heads: int  # H
     kv_heads: int  # G
     head_dim: int  # E
-    intermediate: int  # I
 
     @property
     def hidden(self) -> int:  # M
-        return int(self.norm_M.shape[0])
+        return int(self.norm.weight.shape[0])
 
 
 def _maybe_pack(weight_OI: torch.Tensor) -> torch.Tensor:
@@ -89,26 +92,21 @@ def load_weights(model_dir: str | Path, dtype: torch.dtype = torch.bfloat16) -> 
     down = [_maybe_pack(w(pre.format(i) + "mlp.down_proj.weight")) for i in layers]
     lm = tensors.get("lm_head.weight", tensors["model.embed_tokens.weight"]).to(dtype)
     heads, kv_heads = int(cfg["num_attention_heads"]), int(cfg["num_key_value_heads"])
-    return TargetWeights(qkv, o, gate_up, down, _maybe_pack(lm), w("model.norm.weight"), heads, kv_heads,
-                         int(cfg["hidden_size"]) // heads, int(cfg["intermediate_size"]))
+    norm = RMSNorm(int(cfg["hidden_size"]), eps=float(cfg.get("rms_norm_eps", 1e-6))).to(dtype)
+    norm.weight.data.copy_(w("model.norm.weight"))
+    return TargetWeights(qkv, o, gate_up, down, _maybe_pack(lm), norm, heads, kv_heads, int(cfg["hidden_size"]) // heads)
 
 
-def rmsnorm_native(x_TM: torch.Tensor, residual_TM: torch.Tensor, weight_M: torch.Tensor, eps: float = 1e-5):
-    """SGLang's RMSNorm.forward_native with a residual (layernorm.py), the path a CPU without AMX runs."""
-    x = x_TM.to(torch.float32) + residual_TM.to(torch.float32)
-    residual = x.to(x_TM.dtype)
-    x = x * torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + eps)
-    return (x * weight_M).to(x_TM.dtype), residual
-
-
-def time_forward(wts: TargetWeights, rows: int, prefix: int, generator: torch.Generator) -> dict[str, float]:
-    """Seconds per component for one T = `rows` forward, in layer order (each layer's weights once)."""
-    T, M, I = rows, wts.hidden, wts.intermediate
+def time_forward(wts: TargetWeights, pools: tuple[torch.Tensor, torch.Tensor], rows: int, prefix: int,
+                 generator: torch.Generator) -> dict[str, float]:
+    """Seconds per component for one T = `rows` forward, in layer order (each layer's weights once); `pools`: the
+    K and V pool [POOL_SLOTS + 1, G, E] the gather reads."""
+    T, M = rows, wts.hidden
     H, G, E = wts.heads, wts.kv_heads, wts.head_dim
-    dtype = wts.norm_M.dtype
+    dtype = wts.norm.weight.dtype
     K = prefix + T
-    k_pool = torch.randn(POOL_SLOTS + 1, G, E, generator=generator).to(dtype)
-    v_pool = torch.randn(POOL_SLOTS + 1, G, E, generator=generator).to(dtype)
+    k_pool, v_pool = pools
+    act = SiluAndMul()
     slots_K = torch.randperm(POOL_SLOTS, generator=generator)[:K] + 1  # a spec-decoded prefix is scattered
     visible_TK = torch.ones(T, K, dtype=torch.bool)
     visible_TK[:, prefix:] = torch.tril(torch.ones(T, T, dtype=torch.bool))  # the tree block (a chain here)
@@ -125,7 +123,7 @@ def time_forward(wts: TargetWeights, rows: int, prefix: int, generator: torch.Ge
 
     for i in range(len(wts.qkv)):
         t = time.perf_counter()
-        h_TM, res_TM = rmsnorm_native(x_TM, res_TM, wts.norm_M)
+        h_TM, res_TM = wts.norm.forward_native(x_TM, res_TM)
         t = lap("rmsnorm", t)
         qkv_TD = _linear(h_TM, wts.qkv[i])
         t = lap("linears", t)
@@ -138,16 +136,16 @@ def time_forward(wts: TargetWeights, rows: int, prefix: int, generator: torch.Ge
         t = lap("attention", t)
         x_TM = _linear(out_1HTE[0].transpose(0, 1).reshape(T, H * E), wts.o[i])
         t = lap("linears", t)
-        h_TM, res_TM = rmsnorm_native(x_TM, res_TM, wts.norm_M)
+        h_TM, res_TM = wts.norm.forward_native(x_TM, res_TM)
         t = lap("rmsnorm", t)
         gu_T2I = _linear(h_TM, wts.gate_up[i])
         t = lap("linears", t)
-        act_TI = F.silu(gu_T2I[..., :I]) * gu_T2I[..., I:]
+        act_TI = act.forward_native(gu_T2I)
         t = lap("mlp_act", t)
         x_TM = _linear(act_TI, wts.down[i])
         lap("linears", t)
     t = time.perf_counter()
-    h_TM, _ = rmsnorm_native(x_TM, res_TM, wts.norm_M)
+    h_TM, _ = wts.norm.forward_native(x_TM, res_TM)
     t = lap("rmsnorm", t)
     _linear(h_TM, wts.lm_head)
     lap("lm_head", t)
@@ -155,14 +153,18 @@ def time_forward(wts: TargetWeights, rows: int, prefix: int, generator: torch.Ge
 
 
 def measure(wts: TargetWeights, rows: list[int], prefix: int, reps: int, seed: int = 0) -> dict[int, dict]:
-    """{T: {component: median ms}} over `reps` passes per T (after one warm-up pass), T interleaved per pass."""
+    """{T: {component: median ms}} over `reps` passes per T (after one warm-up pass), T interleaved per pass;
+    under inference_mode, as a server runs."""
     gen = torch.Generator().manual_seed(seed)
-    for T in rows:
-        time_forward(wts, T, prefix, gen)
+    G, E, dtype = wts.kv_heads, wts.head_dim, wts.norm.weight.dtype
+    pools = tuple(torch.randn(POOL_SLOTS + 1, G, E, generator=gen).to(dtype) for _ in range(2))
     passes = {T: [] for T in rows}
-    for _ in range(reps):
+    with torch.inference_mode():
         for T in rows:
-            passes[T].append(time_forward(wts, T, prefix, gen))
+            time_forward(wts, pools, T, prefix, gen)
+        for _ in range(reps):
+            for T in rows:
+                passes[T].append(time_forward(wts, pools, T, prefix, gen))
     return {T: {c: 1e3 * statistics.median(p[c] for p in passes[T]) for c in COMPONENTS} for T in rows}
 
 
@@ -181,13 +183,15 @@ def floor_table(ms: dict[int, dict], round_results: dict | None = None) -> list[
     table = []
     for T in sorted(ms):
         total = sum(ms[T].values())
-        row = {"rows": T, **{c: ms[T][c] for c in COMPONENTS}, "total": total, "excess": total - base}
+        kernel_excess = total - base
+        row = {"rows": T, **{c: ms[T][c] for c in COMPONENTS}, "total": total, "excess": kernel_excess}
         if plain_ms:
-            row.update(plain_packed_ms=plain_ms, excess_plain_steps=(total - base) / plain_ms)
+            row.update(plain_packed_ms=plain_ms, excess_plain_steps=kernel_excess / plain_ms)
             if T in verify_ms:
-                excess = verify_ms[T] - plain_ms
-                row.update(verify_forward_ms=verify_ms[T], verify_excess_ms=excess,
-                           rest_ms=excess - (total - base), rest_plain_steps=(excess - (total - base)) / plain_ms)
+                verify_excess = verify_ms[T] - plain_ms
+                rest = verify_excess - kernel_excess
+                row.update(verify_forward_ms=verify_ms[T], verify_excess_ms=verify_excess, rest_ms=rest,
+                           rest_plain_steps=rest / plain_ms)
         table.append(row)
     return table
 

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
+pytest.importorskip("sglang", reason="sglang is not installed (run scripts/setup.sh)")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
 import bench_round_floor as floor  # noqa: E402
@@ -21,8 +22,8 @@ def tiny_weights(layers=2, M=64, H=4, G=2, E=16, I=96, V=300, dtype=torch.bfloat
                                o=[w(M, H * E) for _ in range(layers)],
                                gate_up=[w(2 * I, M) for _ in range(layers)],
                                down=[w(M, I) for _ in range(layers)],
-                               lm_head=w(V, M), norm_M=torch.ones(M, dtype=dtype), heads=H, kv_heads=G,
-                               head_dim=E, intermediate=I)
+                               lm_head=w(V, M), norm=floor.RMSNorm(M, eps=1e-5).to(dtype), heads=H, kv_heads=G,
+                               head_dim=E)
 
 
 def test_every_component_is_timed_at_every_row_count():
@@ -34,10 +35,13 @@ def test_every_component_is_timed_at_every_row_count():
 
 
 def test_rmsnorm_matches_the_formula():
+    """The forward's RMSNorm is SGLang's own, on the fp32-inside path with the residual add."""
     x = torch.randn(3, 8, dtype=torch.bfloat16)
     r = torch.randn(3, 8, dtype=torch.bfloat16)
-    w = torch.full((8,), 2.0, dtype=torch.bfloat16)
-    out, res = floor.rmsnorm_native(x, r, w)
+    norm = floor.RMSNorm(8, eps=1e-5).to(torch.bfloat16)
+    norm.weight.data.fill_(2.0)
+    with torch.inference_mode():
+        out, res = norm.forward_native(x, r)
     s = x.float() + r.float()
     want = (s * torch.rsqrt(s.pow(2).mean(-1, keepdim=True) + 1e-5) * 2.0).to(torch.bfloat16)
     assert torch.equal(res, s.to(torch.bfloat16)) and torch.equal(out, want)
